@@ -1,0 +1,111 @@
+//! The result backend contract: task states and group bookkeeping.
+//!
+//! # Required behaviours
+//!
+//! Conformance case names (see `machinery-testkit`):
+//!
+//! - `state_lifecycle_roundtrips`: PENDING → RECEIVED → STARTED → SUCCESS are each read back.
+//! - `set_state_keeps_created_at`: a later state keeps the stored `CreatedAt` and `TaskName`
+//!   (capability `keeps_created_at`).
+//! - `unknown_task_has_no_state`: `state` of an unknown UUID is `Ok(None)`.
+//! - `results_preserve_types`: results come back with their Go type names and exact values.
+//! - `failure_keeps_error_text`.
+//! - `group_states_are_in_group_order`: one state per member, in `init_group` order; members
+//!   with nothing stored yet appear as PENDING.
+//! - `trigger_chord_fires_exactly_once_under_contention`: of 100 concurrent callers exactly
+//!   one gets `true`.
+//! - `purge_removes_state_and_group`.
+//! - `results_expire` (capability `expiry`).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Result, TaskState};
+
+/// What a result backend can do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendCapabilities {
+    /// Stored states expire after `ResultsExpireIn`.
+    pub expiry: bool,
+    /// `set_state` keeps the stored `CreatedAt` / `TaskName`.
+    pub keeps_created_at: bool,
+    /// `group_states` costs one round trip whatever the group size.
+    pub batched_group_states: bool,
+}
+
+/// A result backend.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// The driver name, e.g. `redis`.
+    fn driver(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> BackendCapabilities;
+
+    /// Store a state, keeping the earlier `CreatedAt` and (when `state.task_name` is empty)
+    /// `TaskName`, as Go's Redis backend does.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    async fn set_state(&self, state: &TaskState) -> Result<()>;
+
+    /// The latest state of a task, `None` when nothing is stored (or it expired).
+    ///
+    /// # Errors
+    /// When the backend cannot be reached or the stored bytes do not decode.
+    async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>>;
+
+    /// Record a group and its members in order.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    async fn init_group(&self, group_uuid: &str, task_uuids: &[String]) -> Result<()>;
+
+    /// The states of a group's members in group order; members without a stored state appear
+    /// as PENDING.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] when the group is unknown.
+    async fn group_states(&self, group_uuid: &str) -> Result<Vec<TaskState>>;
+
+    /// Mark the group's chord as triggered. Returns `true` to exactly one caller per group,
+    /// atomically, however many call at once.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] when the group is unknown.
+    async fn trigger_chord(&self, group_uuid: &str) -> Result<bool>;
+
+    /// Delete a task's state.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    async fn purge_state(&self, task_uuid: &str) -> Result<()>;
+
+    /// Delete a group's bookkeeping (not its members' states).
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    async fn purge_group(&self, group_uuid: &str) -> Result<()>;
+}
+
+/// The distributed lock used so that only one server sends a periodic task per tick.
+#[async_trait]
+pub trait Lock: Send + Sync + fmt::Debug + 'static {
+    /// Try to take `key` until `expires_at_unix_nanos`; `true` when this caller holds it.
+    /// A holder's key whose deadline has passed may be taken over.
+    ///
+    /// # Errors
+    /// When the lock service cannot be reached.
+    async fn try_lock(&self, key: &str, expires_at_unix_nanos: i64) -> Result<bool>;
+}
+
+/// Convert `ResultsExpireIn` seconds to a duration (0 means Go's default of 3600 s).
+pub fn results_ttl(results_expire_in: i64) -> Duration {
+    if results_expire_in <= 0 {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs(results_expire_in.unsigned_abs())
+    }
+}

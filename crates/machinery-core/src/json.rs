@@ -1,0 +1,131 @@
+//! JSON exactly as Go's `encoding/json` writes it.
+//!
+//! Differences from serde_json's defaults that matter for byte identity with Go:
+//! `<`, `>`, `&`, U+2028 and U+2029 are escaped as `\u003c` ..., and floats use Go's
+//! shortest form (`100`, `1e+21`, `1e-7`, `-0`) instead of Rust's (`100.0`, `1e21`).
+
+use std::io;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// A `serde_json` formatter that writes Go's `encoding/json` output.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GoFormatter;
+
+impl serde_json::ser::Formatter for GoFormatter {
+    fn write_f64<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f64) -> io::Result<()> {
+        writer.write_all(format_f64(value).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
+        writer.write_all(format_f32(value).as_bytes())
+    }
+
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let esc: &[u8] = match c {
+                '<' => b"\\u003c",
+                '>' => b"\\u003e",
+                '&' => b"\\u0026",
+                '\u{2028}' => b"\\u2028",
+                '\u{2029}' => b"\\u2029",
+                _ => continue,
+            };
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(esc)?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+/// Serialize `value` to compact JSON bytes the way Go's `json.Marshal` would.
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    value.serialize(&mut ser)?;
+    Ok(out)
+}
+
+/// Serialize `value` to a compact JSON string the way Go's `json.Marshal` would.
+pub fn to_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    // GoFormatter only ever writes valid UTF-8.
+    to_vec(value).map(|v| String::from_utf8(v).expect("json output is utf-8"))
+}
+
+/// A raw JSON value written in Go's form.
+pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    let s = to_string(value).expect("serializing a plain value cannot fail");
+    RawValue::from_string(s).expect("serializer output is valid json")
+}
+
+/// The JSON `null` as a raw value.
+pub fn raw_null() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is json")
+}
+
+/// Go's `strconv.FormatFloat(f, 'f' or 'e', -1, 64)` as used by `encoding/json`.
+pub fn format_f64(f: f64) -> String {
+    go_float(f, f.abs(), format!("{f}"), || format!("{f:e}"))
+}
+
+/// Go's float32 encoding: the shortest form that round-trips at 32 bits.
+pub fn format_f32(f: f32) -> String {
+    let abs = f64::from(f.abs());
+    go_float(f64::from(f), abs, format!("{f}"), || format!("{f:e}"))
+}
+
+fn go_float(f: f64, abs: f64, plain: String, exp: impl FnOnce() -> String) -> String {
+    if !f.is_finite() {
+        // Go refuses to encode these; JSON has no form for them. Write null like JavaScript.
+        return "null".to_owned();
+    }
+    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+        // Rust: `1e21`, `1e-7`, `1.5e-7`; Go: `1e+21`, `1e-07` cleaned up to `1e-7`.
+        let s = exp();
+        let (mant, e) = s.split_once('e').expect("exponent form has an e");
+        let (sign, digits) = match e.strip_prefix('-') {
+            Some(d) => ('-', d),
+            None => ('+', e),
+        };
+        return format!("{mant}e{sign}{digits}");
+    }
+    plain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_match_go() {
+        assert_eq!(format_f64(100.0), "100");
+        assert_eq!(format_f64(100.5), "100.5");
+        assert_eq!(format_f64(1e21), "1e+21");
+        assert_eq!(format_f64(1e-7), "1e-7");
+        assert_eq!(format_f64(-0.0), "-0");
+        assert_eq!(format_f64(0.1), "0.1");
+        assert_eq!(format_f64(f64::MAX), "1.7976931348623157e+308");
+        assert_eq!(format_f64(5e-324), "5e-324");
+        assert_eq!(format_f64(123456789.0), "123456789");
+        assert_eq!(format_f64(1e20), "100000000000000000000");
+        assert_eq!(format_f64(0.000001), "0.000001");
+        assert_eq!(format_f32(0.1), "0.1");
+        assert_eq!(format_f32(f32::MAX), "3.4028235e+38");
+        assert_eq!(format_f32(1.5), "1.5");
+    }
+
+    #[test]
+    fn strings_escape_like_go() {
+        assert_eq!(
+            to_string("<a>&\u{2028}\u{2029}\n\u{1}é").unwrap(),
+            r#""\u003ca\u003e\u0026\u2028\u2029\n\u0001é""#
+        );
+    }
+}

@@ -1,0 +1,24 @@
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod broker;
+mod error;
+mod gostruct;
+pub mod json;
+mod signature;
+mod state;
+pub mod time;
+pub mod types;
+
+pub use backend::{Backend, BackendCapabilities, Lock, results_ttl};
+pub use broker::{
+    Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, Delivery, DeliveryStream, Nack,
+    Payload,
+};
+pub use error::{BoxError, Error, Result, TaskError};
+pub use signature::{Arg, Headers, Signature, new_chord_uuid, new_group_uuid, new_task_uuid};
+pub use state::{GroupMeta, State, TaskResult, TaskState};
+pub use time::Timestamp;
+pub use types::{ArgError, FromGoValue, FromResults, GoValue, IntoGoValue, IntoResults};
+
+pub use async_trait::async_trait;

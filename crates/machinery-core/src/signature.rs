@@ -1,0 +1,378 @@
+//! The task message: [`Signature`] and its [`Arg`]s, encoded exactly as Go Machinery does.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::gostruct::go_deserialize;
+use crate::time::Timestamp;
+use crate::types::{ArgError, FromGoValue, GoValue, IntoGoValue};
+use crate::{Error, Result, json};
+
+/// Trace and user headers carried with a task (`Signature.Headers`). Keys are kept sorted,
+/// as Go writes them.
+pub type Headers = BTreeMap<String, serde_json::Value>;
+
+/// A new task UUID: `task_` + uuid4.
+pub fn new_task_uuid() -> String {
+    format!("task_{}", uuid::Uuid::new_v4())
+}
+
+/// A new group UUID: `group_` + uuid4.
+pub fn new_group_uuid() -> String {
+    format!("group_{}", uuid::Uuid::new_v4())
+}
+
+/// A new chord callback UUID: `chord_` + uuid4.
+pub fn new_chord_uuid() -> String {
+    format!("chord_{}", uuid::Uuid::new_v4())
+}
+
+/// One task argument: a Go type name and a JSON value.
+///
+/// The value is kept as the exact JSON text it arrived as, so a message decoded from Go and
+/// encoded again is byte-identical, and conversion follows Go's rules for the `Type`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Arg {
+    /// Optional argument name (carried on the wire, unused by Go).
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Go type name, e.g. `int64`, `[]string`.
+    #[serde(rename = "Type")]
+    pub type_name: String,
+    /// The JSON value, exactly as written.
+    #[serde(rename = "Value")]
+    pub value: Box<RawValue>,
+}
+
+impl PartialEq for Arg {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.type_name == other.type_name
+            && self.value.get() == other.value.get()
+    }
+}
+
+impl Default for Arg {
+    fn default() -> Self {
+        Arg {
+            name: String::new(),
+            type_name: String::new(),
+            value: json::raw_null(),
+        }
+    }
+}
+
+impl Arg {
+    /// An unnamed argument from a Rust value (`1i64`, `"text"`, `vec![1.5f64]`, ...).
+    pub fn new(value: impl IntoGoValue) -> Self {
+        let v = value.into_go_value();
+        Arg {
+            name: String::new(),
+            type_name: v.type_name().to_owned(),
+            value: v.to_raw(),
+        }
+    }
+
+    /// An argument with a Go type name and a raw JSON value, unchecked.
+    pub fn raw(type_name: impl Into<String>, value: Box<RawValue>) -> Self {
+        Arg {
+            name: String::new(),
+            type_name: type_name.into(),
+            value,
+        }
+    }
+
+    /// Set the argument's name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Convert by the `Type` string with Go's acceptance rules.
+    ///
+    /// # Errors
+    /// When the type is unsupported or the value does not fit it.
+    pub fn decode(&self) -> Result<GoValue, ArgError> {
+        GoValue::decode(&self.type_name, &self.value)
+    }
+
+    /// Convert to a plain Rust type.
+    ///
+    /// # Errors
+    /// When the value does not convert (see [`Arg::decode`]) or does not fit `T`.
+    pub fn get<T: FromGoValue>(&self) -> Result<T, ArgError> {
+        T::from_go_value(self.decode()?)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Arg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Arg;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an Arg object")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Arg, E> {
+                Ok(Arg::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Arg, A::Error> {
+                let mut out = Arg::default();
+                while let Some(key) = map.next_key::<crate::gostruct::Key<'de>>()? {
+                    let key = key.as_str();
+                    if key.eq_ignore_ascii_case("Name") {
+                        if let Some(v) = map.next_value::<Option<String>>()? {
+                            out.name = v;
+                        }
+                    } else if key.eq_ignore_ascii_case("Type") {
+                        if let Some(v) = map.next_value::<Option<String>>()? {
+                            out.type_name = v;
+                        }
+                    } else if key.eq_ignore_ascii_case("Value") {
+                        out.value = map.next_value::<Box<RawValue>>()?;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A task message: what to run, with which arguments, and what follows it.
+///
+/// Field order and JSON names are Go Machinery's `tasks.Signature`; see WIRE.md section 1.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Signature {
+    /// `task_<uuid4>` (or `chord_<uuid4>` for chord callbacks); generated when empty.
+    #[serde(rename = "UUID")]
+    pub uuid: String,
+    /// The registered task name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Queue / routing key; empty = the broker's default.
+    #[serde(rename = "RoutingKey")]
+    pub routing_key: String,
+    /// Run no earlier than this; `None` or past = now.
+    #[serde(rename = "ETA", serialize_with = "crate::time::serialize_opt")]
+    pub eta: Option<Timestamp>,
+    /// `group_<uuid4>` for group members.
+    #[serde(rename = "GroupUUID")]
+    pub group_uuid: String,
+    /// Size of the group this task belongs to.
+    #[serde(rename = "GroupTaskCount")]
+    pub group_task_count: i64,
+    /// Positional arguments.
+    #[serde(rename = "Args", serialize_with = "nil_if_empty")]
+    pub args: Vec<Arg>,
+    /// Headers (trace context); `None` is Go's nil map.
+    #[serde(rename = "Headers")]
+    pub headers: Option<Headers>,
+    /// AMQP priority, 0..=255.
+    #[serde(rename = "Priority")]
+    pub priority: u8,
+    /// When false, this task's results are appended to each `on_success` signature's args.
+    #[serde(rename = "Immutable")]
+    pub immutable: bool,
+    /// Retries left.
+    #[serde(rename = "RetryCount")]
+    pub retry_count: i64,
+    /// Seconds; seed of the Fibonacci back-off.
+    #[serde(rename = "RetryTimeout")]
+    pub retry_timeout: i64,
+    /// Sent after success (a chain is nested `on_success`).
+    #[serde(rename = "OnSuccess", serialize_with = "nil_if_empty")]
+    pub on_success: Vec<Signature>,
+    /// Sent after the final failure with the error text prepended as a `string` arg.
+    #[serde(rename = "OnError", serialize_with = "nil_if_empty")]
+    pub on_error: Vec<Signature>,
+    /// The chord callback, embedded in every member of a chord's group.
+    #[serde(rename = "ChordCallback")]
+    pub chord_callback: Option<Box<Signature>>,
+    /// SQS FIFO MessageGroupId.
+    #[serde(rename = "BrokerMessageGroupId")]
+    pub broker_message_group_id: String,
+    /// Filled by the SQS consumer.
+    #[serde(rename = "SQSReceiptHandle")]
+    pub sqs_receipt_handle: String,
+    /// SQS: leave the message on final failure (redrive / DLQ).
+    #[serde(rename = "StopTaskDeletionOnError")]
+    pub stop_task_deletion_on_error: bool,
+    /// Unknown task name: drop instead of requeue.
+    #[serde(rename = "IgnoreWhenTaskNotRegistered")]
+    pub ignore_when_task_not_registered: bool,
+}
+
+fn nil_if_empty<S: serde::Serializer, T: Serialize>(
+    v: &[T],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if v.is_empty() { s.serialize_none() } else { v.serialize(s) }
+}
+
+go_deserialize!(Signature, "a Signature object", {
+    uuid => "UUID",
+    name => "Name",
+    routing_key => "RoutingKey",
+    eta => "ETA",
+    group_uuid => "GroupUUID",
+    group_task_count => "GroupTaskCount",
+    args => "Args",
+    headers => "Headers",
+    priority => "Priority",
+    immutable => "Immutable",
+    retry_count => "RetryCount",
+    retry_timeout => "RetryTimeout",
+    on_success => "OnSuccess",
+    on_error => "OnError",
+    chord_callback => "ChordCallback",
+    broker_message_group_id => "BrokerMessageGroupId",
+    sqs_receipt_handle => "SQSReceiptHandle",
+    stop_task_deletion_on_error => "StopTaskDeletionOnError",
+    ignore_when_task_not_registered => "IgnoreWhenTaskNotRegistered",
+});
+
+impl Signature {
+    /// A signature for task `name` with a fresh `task_` UUID and no arguments.
+    pub fn new(name: impl Into<String>) -> Self {
+        Signature {
+            uuid: new_task_uuid(),
+            name: name.into(),
+            ..Signature::default()
+        }
+    }
+
+    /// Append an argument converted from a Rust value.
+    pub fn arg(mut self, value: impl IntoGoValue) -> Self {
+        self.args.push(Arg::new(value));
+        self
+    }
+
+    /// Replace the arguments.
+    pub fn with_args(mut self, args: Vec<Arg>) -> Self {
+        self.args = args;
+        self
+    }
+
+    /// Set the routing key (queue).
+    pub fn routing_key(mut self, key: impl Into<String>) -> Self {
+        self.routing_key = key.into();
+        self
+    }
+
+    /// Run no earlier than `eta`.
+    pub fn eta(mut self, eta: Timestamp) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Run no earlier than `delay` from now.
+    pub fn delay(self, delay: Duration) -> Self {
+        let eta = crate::time::now()
+            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        self.eta(eta)
+    }
+
+    /// Retry up to `count` times with a Fibonacci back-off seeded by `timeout_secs`.
+    pub fn retries(mut self, count: i64, timeout_secs: i64) -> Self {
+        self.retry_count = count;
+        self.retry_timeout = timeout_secs;
+        self
+    }
+
+    /// Set the AMQP priority.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Do not append this task's results to its `on_success` signatures.
+    pub fn immutable(mut self, immutable: bool) -> Self {
+        self.immutable = immutable;
+        self
+    }
+
+    /// Set one header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.headers
+            .get_or_insert_with(Headers::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Add a signature to send after success.
+    pub fn on_success(mut self, sig: Signature) -> Self {
+        self.on_success.push(sig);
+        self
+    }
+
+    /// Add a signature to send after the final failure.
+    pub fn on_error(mut self, sig: Signature) -> Self {
+        self.on_error.push(sig);
+        self
+    }
+
+    /// Drop the task instead of requeueing it when no worker knows its name.
+    pub fn ignore_when_not_registered(mut self, ignore: bool) -> Self {
+        self.ignore_when_task_not_registered = ignore;
+        self
+    }
+
+    /// Encode to Go's JSON bytes.
+    ///
+    /// # Errors
+    /// Only if a header value cannot be encoded (never for plain JSON values).
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        json::to_vec(self).map_err(|e| Error::decode("signature", e))
+    }
+
+    /// Decode from JSON as leniently as Go does.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when the bytes are not JSON or not a signature object.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let sig: Signature =
+            serde_json::from_slice(bytes).map_err(|e| Error::decode("signature", e))?;
+        Ok(sig)
+    }
+
+    /// The ETA if it is in the future.
+    pub fn future_eta(&self) -> Option<Timestamp> {
+        self.eta.filter(|eta| *eta > crate::time::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenient_decoding() {
+        let s = Signature::from_json(
+            br#"{"uuid":"task_1","NAME":"add","Args":null,"Headers":null,"Unknown":{"x":[1]},"ETA":null,"Priority":null}"#,
+        )
+        .unwrap();
+        assert_eq!(s.uuid, "task_1");
+        assert_eq!(s.name, "add");
+        assert!(s.args.is_empty());
+        assert!(s.headers.is_none());
+        assert!(Signature::from_json(b"[1]").is_err());
+        assert!(Signature::from_json(b"{\"ETA\":\"yesterday\"}").is_err());
+        assert_eq!(Signature::from_json(b"null").unwrap(), Signature::default());
+    }
+
+    #[test]
+    fn uuids_have_prefixes() {
+        assert!(new_task_uuid().starts_with("task_"));
+        assert_eq!(new_group_uuid().len(), "group_".len() + 36);
+        assert!(new_chord_uuid().starts_with("chord_"));
+    }
+}
