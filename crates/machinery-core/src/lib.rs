@@ -2,9 +2,11 @@
 
 mod backend;
 mod broker;
+pub mod config;
 mod error;
 mod gostruct;
 pub mod json;
+mod memory;
 mod signature;
 mod state;
 pub mod time;
@@ -15,7 +17,9 @@ pub use broker::{
     Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, Delivery, DeliveryStream, Nack,
     Payload,
 };
+pub use config::{Config, LiveConfig, redact_url};
 pub use error::{BoxError, Error, Result, TaskError};
+pub use memory::DeadLetter;
 pub use signature::{Arg, Headers, Signature, new_chord_uuid, new_group_uuid, new_task_uuid};
 pub use state::{GroupMeta, State, TaskResult, TaskState};
 pub use time::Timestamp;

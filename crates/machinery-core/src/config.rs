@@ -1,0 +1,665 @@
+//! Configuration with Go Machinery's field names, YAML keys and environment variables
+//! (WIRE.md section 10), plus a few settings of our own for the worker.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::{Error, Result};
+
+/// The whole configuration. Defaults are Go Machinery's.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Broker URL. Default `amqp://guest:guest@localhost:5672/` (Go's); the CLI defaults to
+    /// `memory://`. YAML `broker`, env `BROKER`.
+    pub broker: String,
+    /// Lock URL for periodic tasks; empty = the broker's technology when it has one, else an
+    /// in-process lock. YAML `lock`, env `LOCK`.
+    pub lock: String,
+    /// Separator for several broker URLs (failover). YAML `multiple_broker_separator`, env
+    /// `MULTIPLE_BROKEN_SEPARATOR` (sic, Go's name).
+    pub multiple_broker_separator: String,
+    /// Default queue. Default `machinery_tasks`. YAML `default_queue`, env `DEFAULT_QUEUE`.
+    pub default_queue: String,
+    /// Result backend URL. Default `amqp://guest:guest@localhost:5672/`. YAML
+    /// `result_backend`, env `RESULT_BACKEND`.
+    pub result_backend: String,
+    /// Seconds results are kept; 0 means 3600. YAML `results_expire_in`, env
+    /// `RESULTS_EXPIRE_IN`.
+    pub results_expire_in: i64,
+    /// AMQP settings (YAML `amqp`).
+    pub amqp: AmqpSettings,
+    /// SQS settings (YAML `sqs`).
+    pub sqs: SqsSettings,
+    /// Redis settings (YAML `redis`).
+    pub redis: RedisSettings,
+    /// DynamoDB settings (YAML `dynamodb`).
+    pub dynamodb: DynamoDbSettings,
+    /// MongoDB settings (YAML `mongodb`).
+    pub mongodb: MongoDbSettings,
+    /// Do not install SIGINT / SIGTERM handlers in workers. YAML `no_unix_signals`, env
+    /// `NO_UNIX_SIGNALS`. Default false.
+    pub no_unix_signals: bool,
+    /// Worker behaviour beyond Go's settings (YAML `worker`).
+    pub worker: WorkerSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            broker: "amqp://guest:guest@localhost:5672/".to_owned(),
+            lock: String::new(),
+            multiple_broker_separator: String::new(),
+            default_queue: "machinery_tasks".to_owned(),
+            result_backend: "amqp://guest:guest@localhost:5672/".to_owned(),
+            results_expire_in: 3600,
+            amqp: AmqpSettings::default(),
+            sqs: SqsSettings::default(),
+            redis: RedisSettings::default(),
+            dynamodb: DynamoDbSettings::default(),
+            mongodb: MongoDbSettings::default(),
+            no_unix_signals: false,
+            worker: WorkerSettings::default(),
+        }
+    }
+}
+
+/// AMQP settings (Go's `AMQPConfig`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AmqpSettings {
+    /// Exchange name. Default `machinery_exchange`. Env `AMQP_EXCHANGE`.
+    pub exchange: String,
+    /// Exchange type. Default `direct`. Env `AMQP_EXCHANGE_TYPE`.
+    pub exchange_type: String,
+    /// Extra `queue.declare` arguments. Env `AMQP_QUEUE_DECLARE_ARGS` (`k1:v1,k2:v2`).
+    pub queue_declare_args: BTreeMap<String, serde_json::Value>,
+    /// Extra `queue.bind` arguments. Env `AMQP_QUEUE_BINDING_ARGS` (`k1:v1,k2:v2`).
+    pub queue_binding_args: BTreeMap<String, serde_json::Value>,
+    /// Binding key of the worker queue. Default `machinery_task`. Env `AMQP_BINDING_KEY`.
+    pub binding_key: String,
+    /// `basic.qos` prefetch. Default 3. Env `AMQP_PREFETCH_COUNT`.
+    pub prefetch_count: u16,
+    /// Declare queues auto-delete. Default false. Env `AMQP_AUTO_DELETE`.
+    pub auto_delete: bool,
+    /// One delay queue for every delayed task instead of one per delay. Env
+    /// `AMQP_DELAYED_QUEUE`.
+    pub delayed_queue: String,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        AmqpSettings {
+            exchange: "machinery_exchange".to_owned(),
+            exchange_type: "direct".to_owned(),
+            queue_declare_args: BTreeMap::new(),
+            queue_binding_args: BTreeMap::new(),
+            binding_key: "machinery_task".to_owned(),
+            prefetch_count: 3,
+            auto_delete: false,
+            delayed_queue: String::new(),
+        }
+    }
+}
+
+/// SQS settings (Go's `SQSConfig`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SqsSettings {
+    /// Long-poll wait. Default 0. YAML `receive_wait_time_seconds`, env
+    /// `SQS_WAIT_TIME_SECONDS`.
+    #[serde(rename = "receive_wait_time_seconds")]
+    pub wait_time_seconds: i64,
+    /// Visibility timeout; `None` = the queue's default. YAML `receive_visibility_timeout`,
+    /// env `SQS_VISIBILITY_TIMEOUT`.
+    #[serde(rename = "receive_visibility_timeout")]
+    pub visibility_timeout: Option<i64>,
+}
+
+/// Redis settings (Go's `RedisConfig`). Durations are in seconds unless named `_period`
+/// (milliseconds), as in Go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RedisSettings {
+    /// Idle connections kept. Default 3. Env `REDIS_MAX_IDLE`.
+    pub max_idle: i64,
+    /// Connection limit, 0 = none. Default 0. Env `REDIS_MAX_ACTIVE`.
+    pub max_active: i64,
+    /// Seconds before an idle connection closes. Default 240. Env `REDIS_IDLE_TIMEOUT`.
+    pub idle_timeout: i64,
+    /// Wait for a free connection. Default true. Env `REDIS_WAIT`.
+    pub wait: bool,
+    /// Read timeout, seconds. Default 15. Env `REDIS_READ_TIMEOUT`.
+    pub read_timeout: i64,
+    /// Write timeout, seconds. Default 15. Env `REDIS_WRITE_TIMEOUT`.
+    pub write_timeout: i64,
+    /// Connect timeout, seconds. Default 15. Env `REDIS_CONNECT_TIMEOUT`.
+    pub connect_timeout: i64,
+    /// Blocking pop timeout, milliseconds. Default 1000. Env
+    /// `REDIS_NORMAL_TASKS_POLL_PERIOD`.
+    pub normal_tasks_poll_period: i64,
+    /// Delayed-task poll period, milliseconds. Default 100 (Go: 500). Env
+    /// `REDIS_DELAYED_TASKS_POLL_PERIOD`.
+    pub delayed_tasks_poll_period: i64,
+    /// ZSET of delayed tasks. Default `delayed_tasks`. Env `REDIS_DELAYED_TASKS_KEY`.
+    pub delayed_tasks_key: String,
+    /// Sentinel master name. Env `REDIS_MASTER_NAME`.
+    pub master_name: String,
+    /// Use Redis Cluster. Env `REDIS_CLUSTER_MODE`.
+    pub cluster_mode: bool,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            max_idle: 3,
+            max_active: 0,
+            idle_timeout: 240,
+            wait: true,
+            read_timeout: 15,
+            write_timeout: 15,
+            connect_timeout: 15,
+            normal_tasks_poll_period: 1000,
+            delayed_tasks_poll_period: 100,
+            delayed_tasks_key: "delayed_tasks".to_owned(),
+            master_name: String::new(),
+            cluster_mode: false,
+        }
+    }
+}
+
+/// DynamoDB settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DynamoDbSettings {
+    /// Default `task_states`.
+    pub task_states_table: String,
+    /// Default `group_metas`.
+    pub group_metas_table: String,
+}
+
+impl Default for DynamoDbSettings {
+    fn default() -> Self {
+        DynamoDbSettings {
+            task_states_table: "task_states".to_owned(),
+            group_metas_table: "group_metas".to_owned(),
+        }
+    }
+}
+
+/// MongoDB settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MongoDbSettings {
+    /// Default `machinery`.
+    pub database: String,
+}
+
+impl Default for MongoDbSettings {
+    fn default() -> Self {
+        MongoDbSettings {
+            database: "machinery".to_owned(),
+        }
+    }
+}
+
+/// Worker behaviour that Go hard-codes or gets wrong.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Delay before a message for an unregistered task is offered again, milliseconds.
+    /// Default 1000. Env `WORKER_UNKNOWN_TASK_DELAY_MS`.
+    pub unknown_task_delay_ms: u64,
+    /// How often a task may ask to be retried later before it fails (Go: unlimited).
+    /// Default 100. Env `WORKER_RETRY_LATER_MAX_ATTEMPTS`.
+    pub retry_later_max_attempts: u32,
+    /// Time limit for one task run in seconds, 0 = none. A task over it fails with a timeout
+    /// error (and is retried while it has retries). Default 0. Env `WORKER_TASK_TIMEOUT`.
+    pub task_timeout: u64,
+    /// When a chord member fails, send the callback's `OnError` signatures (with the error
+    /// prepended). Go never tells the chord; default true. Env `WORKER_CHORD_ERROR_CALLBACKS`.
+    pub chord_error_callbacks: bool,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            unknown_task_delay_ms: 1000,
+            retry_later_max_attempts: 100,
+            task_timeout: 0,
+            chord_error_callbacks: true,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("broker", &redact_url(&self.broker))
+            .field("lock", &redact_url(&self.lock))
+            .field("multiple_broker_separator", &self.multiple_broker_separator)
+            .field("default_queue", &self.default_queue)
+            .field("result_backend", &redact_url(&self.result_backend))
+            .field("results_expire_in", &self.results_expire_in)
+            .field("amqp", &self.amqp)
+            .field("sqs", &self.sqs)
+            .field("redis", &self.redis)
+            .field("dynamodb", &self.dynamodb)
+            .field("mongodb", &self.mongodb)
+            .field("no_unix_signals", &self.no_unix_signals)
+            .field("worker", &self.worker)
+            .finish()
+    }
+}
+
+/// Replace passwords in every URL found in `s` with `***` (for logs and `Debug`).
+///
+/// `amqp://user:secret@host/` becomes `amqp://user:***@host/`; a password-only userinfo
+/// (`redis://secret@host`) becomes `redis://***@host`.
+pub fn redact_url(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        // The authority ends at the first '/', '?', '#', ',' or whitespace.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | ',') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str("***"),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn parse_env<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>
+where
+    T::Err: fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| Error::config(key, format!("cannot parse {value:?}: {e}")))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "yes" | "y" | "on" => Ok(true),
+        "0" | "f" | "false" | "no" | "n" | "off" | "" => Ok(false),
+        other => Err(Error::config(
+            key,
+            format!("cannot parse {other:?} as a boolean"),
+        )),
+    }
+}
+
+fn parse_kv_map(key: &str, value: &str) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut map = BTreeMap::new();
+    for pair in value.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once(':')
+            .ok_or_else(|| Error::config(key, format!("expected k1:v1,k2:v2, got {pair:?}")))?;
+        map.insert(
+            k.trim().to_owned(),
+            serde_json::Value::String(v.trim().to_owned()),
+        );
+    }
+    Ok(map)
+}
+
+impl Config {
+    /// Go's defaults overridden by environment variables (names in WIRE.md section 10).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable whose value does not parse.
+    pub fn from_env() -> Result<Config> {
+        Self::from_env_with(|k| std::env::var(k).ok())
+    }
+
+    /// Like [`Config::from_env`] with a custom lookup (for tests and embedding).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable whose value does not parse.
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut c = Config::default();
+        macro_rules! set {
+            ($key:literal, $field:expr, str) => {
+                if let Some(v) = lookup($key) {
+                    $field = v;
+                }
+            };
+            ($key:literal, $field:expr, bool) => {
+                if let Some(v) = lookup($key) {
+                    $field = parse_bool($key, &v)?;
+                }
+            };
+            ($key:literal, $field:expr, map) => {
+                if let Some(v) = lookup($key) {
+                    $field = parse_kv_map($key, &v)?;
+                }
+            };
+            ($key:literal, $field:expr, opt) => {
+                if let Some(v) = lookup($key) {
+                    $field = Some(parse_env($key, &v)?);
+                }
+            };
+            ($key:literal, $field:expr) => {
+                if let Some(v) = lookup($key) {
+                    $field = parse_env($key, &v)?;
+                }
+            };
+        }
+        set!("BROKER", c.broker, str);
+        set!("LOCK", c.lock, str);
+        set!("MULTIPLE_BROKEN_SEPARATOR", c.multiple_broker_separator, str);
+        set!("DEFAULT_QUEUE", c.default_queue, str);
+        set!("RESULT_BACKEND", c.result_backend, str);
+        set!("RESULTS_EXPIRE_IN", c.results_expire_in);
+        set!("AMQP_EXCHANGE", c.amqp.exchange, str);
+        set!("AMQP_EXCHANGE_TYPE", c.amqp.exchange_type, str);
+        set!("AMQP_QUEUE_DECLARE_ARGS", c.amqp.queue_declare_args, map);
+        set!("AMQP_QUEUE_BINDING_ARGS", c.amqp.queue_binding_args, map);
+        set!("AMQP_BINDING_KEY", c.amqp.binding_key, str);
+        set!("AMQP_PREFETCH_COUNT", c.amqp.prefetch_count);
+        set!("AMQP_AUTO_DELETE", c.amqp.auto_delete, bool);
+        set!("AMQP_DELAYED_QUEUE", c.amqp.delayed_queue, str);
+        set!("SQS_WAIT_TIME_SECONDS", c.sqs.wait_time_seconds);
+        set!("SQS_VISIBILITY_TIMEOUT", c.sqs.visibility_timeout, opt);
+        set!("REDIS_MAX_IDLE", c.redis.max_idle);
+        set!("REDIS_MAX_ACTIVE", c.redis.max_active);
+        set!("REDIS_IDLE_TIMEOUT", c.redis.idle_timeout);
+        set!("REDIS_WAIT", c.redis.wait, bool);
+        set!("REDIS_READ_TIMEOUT", c.redis.read_timeout);
+        set!("REDIS_WRITE_TIMEOUT", c.redis.write_timeout);
+        set!("REDIS_CONNECT_TIMEOUT", c.redis.connect_timeout);
+        set!("REDIS_NORMAL_TASKS_POLL_PERIOD", c.redis.normal_tasks_poll_period);
+        set!("REDIS_DELAYED_TASKS_POLL_PERIOD", c.redis.delayed_tasks_poll_period);
+        set!("REDIS_DELAYED_TASKS_KEY", c.redis.delayed_tasks_key, str);
+        set!("REDIS_MASTER_NAME", c.redis.master_name, str);
+        set!("REDIS_CLUSTER_MODE", c.redis.cluster_mode, bool);
+        set!("NO_UNIX_SIGNALS", c.no_unix_signals, bool);
+        set!("WORKER_UNKNOWN_TASK_DELAY_MS", c.worker.unknown_task_delay_ms);
+        set!(
+            "WORKER_RETRY_LATER_MAX_ATTEMPTS",
+            c.worker.retry_later_max_attempts
+        );
+        set!("WORKER_TASK_TIMEOUT", c.worker.task_timeout);
+        set!(
+            "WORKER_CHORD_ERROR_CALLBACKS",
+            c.worker.chord_error_callbacks,
+            bool
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parse YAML text (keys as in Go's YAML config). Missing keys keep Go's defaults.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key (and line) that is wrong.
+    pub fn from_yaml_str(yaml: &str) -> Result<Config> {
+        let c: Config = serde_saphyr::from_str(yaml).map_err(|e| {
+            let msg = e.to_string();
+            // serde-saphyr names the field path in its message; keep it whole.
+            Error::config(yaml_key_of(&msg), msg)
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Read a YAML file completely (Go reads only its first 1000 bytes; we read it all).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read or a key is invalid.
+    pub fn from_yaml(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_yaml_str(&text)
+    }
+
+    /// Check values that parse but make no sense.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.default_queue.is_empty() {
+            return Err(Error::config("default_queue", "must not be empty"));
+        }
+        if self.results_expire_in < 0 {
+            return Err(Error::config(
+                "results_expire_in",
+                format!("must be >= 0, got {}", self.results_expire_in),
+            ));
+        }
+        if self.redis.delayed_tasks_key.is_empty() {
+            return Err(Error::config("redis.delayed_tasks_key", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// `ResultsExpireIn` as a duration (0 = 3600 s).
+    pub fn results_ttl(&self) -> Duration {
+        crate::results_ttl(self.results_expire_in)
+    }
+
+    /// The broker URLs in failover order (split by `multiple_broker_separator`).
+    pub fn broker_urls(&self) -> Vec<String> {
+        if self.multiple_broker_separator.is_empty() {
+            vec![self.broker.clone()]
+        } else {
+            self.broker
+                .split(self.multiple_broker_separator.as_str())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }
+    }
+}
+
+fn yaml_key_of(msg: &str) -> String {
+    // Messages look like "... unknown field `x` ..." or name a path; fall back to "<yaml>".
+    msg.split('`')
+        .nth(1)
+        .map_or_else(|| "<yaml>".to_owned(), str::to_owned)
+}
+
+/// A configuration loaded from a YAML file and re-read when the file changes (Go re-reads
+/// every 10 s; we check every `interval`, default 10 s).
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    rx: watch::Receiver<Config>,
+    path: PathBuf,
+}
+
+impl LiveConfig {
+    /// Load `path` now and keep re-reading it every 10 s in the background.
+    ///
+    /// # Errors
+    /// When the first load fails. Later failures are logged and the last good config stays.
+    pub fn watch(path: impl AsRef<Path>) -> Result<LiveConfig> {
+        Self::watch_every(path, Duration::from_secs(10))
+    }
+
+    /// Like [`LiveConfig::watch`] with a custom check interval. Must be called inside a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    /// When the first load fails.
+    pub fn watch_every(path: impl AsRef<Path>, interval: Duration) -> Result<LiveConfig> {
+        let path = path.as_ref().to_path_buf();
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::config("<file>", format!("cannot read {}: {e}", path.display()))
+        })?;
+        let first = Config::from_yaml_str(&text)?;
+        let (tx, rx) = watch::channel(first);
+        let p = path.clone();
+        let mut last_text = Some(text);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if tx.is_closed() {
+                    return;
+                }
+                let text = match std::fs::read_to_string(&p) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "config reload: cannot read file; keeping the last good config");
+                        continue;
+                    }
+                };
+                if last_text.as_deref() == Some(text.as_str()) {
+                    continue;
+                }
+                match Config::from_yaml_str(&text) {
+                    Ok(c) => {
+                        tracing::info!(path = %p.display(), "config reloaded");
+                        tx.send_replace(c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "config reload: invalid file; keeping the last good config");
+                    }
+                }
+                last_text = Some(text);
+            }
+        });
+        Ok(LiveConfig { rx, path })
+    }
+
+    /// The current configuration.
+    pub fn current(&self) -> Config {
+        self.rx.borrow().clone()
+    }
+
+    /// A receiver that is notified on every reload.
+    pub fn subscribe(&self) -> watch::Receiver<Config> {
+        self.rx.clone()
+    }
+
+    /// The watched file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_gos() {
+        let c = Config::default();
+        assert_eq!(c.default_queue, "machinery_tasks");
+        assert_eq!(c.amqp.exchange, "machinery_exchange");
+        assert_eq!(c.amqp.binding_key, "machinery_task");
+        assert_eq!(c.amqp.prefetch_count, 3);
+        assert_eq!(c.results_expire_in, 3600);
+    }
+
+    #[test]
+    fn env_overrides_and_names_bad_keys() {
+        let env = |k: &str| match k {
+            "BROKER" => Some("redis://:pw@localhost:6379/1".to_owned()),
+            "MULTIPLE_BROKEN_SEPARATOR" => Some(",".to_owned()),
+            "AMQP_QUEUE_BINDING_ARGS" => Some("x-match:any,name:x".to_owned()),
+            "REDIS_CLUSTER_MODE" => Some("true".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_env_with(env).unwrap();
+        assert_eq!(c.broker, "redis://:pw@localhost:6379/1");
+        assert_eq!(c.multiple_broker_separator, ",");
+        assert_eq!(c.amqp.queue_binding_args.len(), 2);
+        assert!(c.redis.cluster_mode);
+        let err = Config::from_env_with(|k| (k == "RESULTS_EXPIRE_IN").then(|| "soon".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("RESULTS_EXPIRE_IN"), "{err}");
+        let err = Config::from_env_with(|k| (k == "NO_UNIX_SIGNALS").then(|| "maybe".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("NO_UNIX_SIGNALS"), "{err}");
+    }
+
+    #[test]
+    fn yaml_over_1000_bytes_loads_completely() {
+        let mut yaml = String::from("broker: redis://localhost:6379\n");
+        for i in 0..60 {
+            yaml.push_str(&format!("# padding comment line number {i:03} ..................\n"));
+        }
+        yaml.push_str("default_queue: late_queue\nresults_expire_in: 42\namqp:\n  binding_key: bk\n  prefetch_count: 7\n  queue_declare_args:\n    x-max-priority: 10\n");
+        assert!(yaml.len() > 1000);
+        let c = Config::from_yaml_str(&yaml).unwrap();
+        assert_eq!(c.default_queue, "late_queue");
+        assert_eq!(c.results_expire_in, 42);
+        assert_eq!(c.amqp.binding_key, "bk");
+        assert_eq!(c.amqp.prefetch_count, 7);
+        assert_eq!(c.amqp.exchange, "machinery_exchange");
+        assert_eq!(c.amqp.queue_declare_args["x-max-priority"], 10);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_key() {
+        let err = Config::from_yaml_str("results_expire_in: soon\n").unwrap_err();
+        assert!(err.to_string().contains("results_expire_in"), "{err}");
+        let err = Config::from_yaml_str("default_queue: ''\n").unwrap_err();
+        assert!(err.to_string().contains("default_queue"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@localhost:5672/"),
+            "amqp://guest:***@localhost:5672/"
+        );
+        assert_eq!(redact_url("redis://secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(
+            redact_url("amqp://a:b@h1/,amqp://c:d@h2/"),
+            "amqp://a:***@h1/,amqp://c:***@h2/"
+        );
+        assert_eq!(redact_url("memory://"), "memory://");
+        let c = Config {
+            broker: "redis://:topsecret@h:6379".into(),
+            result_backend: "amqp://u:topsecret@h/".into(),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[tokio::test]
+    async fn live_reload_picks_up_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, "default_queue: one\n").unwrap();
+        let live = LiveConfig::watch_every(&path, Duration::from_millis(50)).unwrap();
+        assert_eq!(live.current().default_queue, "one");
+        let mut rx = live.subscribe();
+        std::fs::write(&path, "default_queue: two\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("reload within 5 s")
+            .unwrap();
+        assert_eq!(live.current().default_queue, "two");
+        // An invalid file keeps the last good config.
+        std::fs::write(&path, "results_expire_in: [\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(live.current().default_queue, "two");
+    }
+}
