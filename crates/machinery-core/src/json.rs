@@ -72,21 +72,26 @@ pub fn raw_null() -> Box<RawValue> {
 
 /// Go's `strconv.FormatFloat(f, 'f' or 'e', -1, 64)` as used by `encoding/json`.
 pub fn format_f64(f: f64) -> String {
-    go_float(f, f.abs(), format!("{f}"), || format!("{f:e}"))
+    let abs = f.abs();
+    let exponent = abs != 0.0 && !(1e-6..1e21).contains(&abs);
+    go_float(f.is_finite(), exponent, format!("{f}"), || format!("{f:e}"))
 }
 
 /// Go's float32 encoding: the shortest form that round-trips at 32 bits.
 pub fn format_f32(f: f32) -> String {
-    let abs = f64::from(f.abs());
-    go_float(f64::from(f), abs, format!("{f}"), || format!("{f:e}"))
+    // Go compares in float32 here: `float32(1e-6)` is just below 1e-6 and is written as
+    // `0.000001`, not `1e-6`.
+    let abs = f.abs();
+    let exponent = abs != 0.0 && !(1e-6_f32..1e21_f32).contains(&abs);
+    go_float(f.is_finite(), exponent, format!("{f}"), || format!("{f:e}"))
 }
 
-fn go_float(f: f64, abs: f64, plain: String, exp: impl FnOnce() -> String) -> String {
-    if !f.is_finite() {
+fn go_float(finite: bool, exponent: bool, plain: String, exp: impl FnOnce() -> String) -> String {
+    if !finite {
         // Go refuses to encode these; JSON has no form for them. Write null like JavaScript.
         return "null".to_owned();
     }
-    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+    if exponent {
         // Rust: `1e21`, `1e-7`, `1.5e-7`; Go: `1e+21`, `1e-07` cleaned up to `1e-7`.
         let s = exp();
         let (mant, e) = s.split_once('e').expect("exponent form has an e");
@@ -119,6 +124,11 @@ mod tests {
         assert_eq!(format_f32(0.1), "0.1");
         assert_eq!(format_f32(f32::MAX), "3.4028235e+38");
         assert_eq!(format_f32(1.5), "1.5");
+        // Go: `float32(abs) < 1e-6` is false for float32(1e-6), so it stays in 'f' form.
+        assert_eq!(format_f32(1e-6), "0.000001");
+        assert_eq!(format_f32(9.9e-7), "9.9e-7");
+        assert_eq!(format_f32(1e21), "1e+21");
+        assert_eq!(format_f32(-1e-7), "-1e-7");
     }
 
     #[test]
