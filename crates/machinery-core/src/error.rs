@@ -81,6 +81,9 @@ pub enum Error {
     /// The task ended in FAILURE; the text is the task's error.
     #[error("task failed: {0}")]
     TaskFailed(String),
+    /// The worker was told to quit at once (second signal or `WorkerHandle::abort`).
+    #[error("worker aborted")]
+    Aborted,
     /// The component was closed or shut down.
     #[error("{0} is closed")]
     Closed(&'static str),

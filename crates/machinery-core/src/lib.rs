@@ -6,6 +6,12 @@ pub mod config;
 mod error;
 mod gostruct;
 pub mod json;
+mod periodic;
+mod server;
+pub mod task;
+mod trace;
+mod worker;
+mod workflow;
 mod memory;
 mod signature;
 mod state;
@@ -19,10 +25,17 @@ pub use broker::{
 };
 pub use config::{Config, LiveConfig, redact_url};
 pub use error::{BoxError, Error, Result, TaskError};
-pub use memory::DeadLetter;
+pub use memory::{DeadLetter, MemoryBackend, MemoryBroker, MemoryLock};
 pub use signature::{Arg, Headers, Signature, new_chord_uuid, new_group_uuid, new_task_uuid};
 pub use state::{GroupMeta, State, TaskResult, TaskState};
+pub use server::{IntoBackend, IntoBroker, Server};
+pub use task::{Task, TaskContext, TaskOptions, task};
 pub use time::Timestamp;
+pub use trace::{TRACEPARENT, trace_id};
+pub use worker::{RETRY_LATER_HEADER, Worker, WorkerHandle};
+pub use workflow::{
+    AsyncResult, Chain, ChainAsyncResult, Chord, ChordAsyncResult, Group, fibonacci_next,
+};
 pub use types::{ArgError, FromGoValue, FromResults, GoValue, IntoGoValue, IntoResults};
 
 pub use async_trait::async_trait;

@@ -1,0 +1,581 @@
+//! [`Worker`]: consumes deliveries, runs tasks, stores outcomes, sends follow-ups, and acks
+//! only after all of that is done.
+
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::task::TaskContext;
+use crate::types::GoValue;
+use crate::{
+    Arg, ConsumeOptions, Delivery, Error, Payload, Result, Server, Signature, State, TaskError,
+    TaskResult, TaskState,
+};
+
+/// Header counting "retry later" attempts, so that they can be capped (Go loops forever).
+pub const RETRY_LATER_HEADER: &str = "machinery_retry_later_attempts";
+
+type ErrorHook = dyn Fn(&Signature, &TaskError) + Send + Sync;
+type PreTaskHook = dyn Fn(&Signature) + Send + Sync;
+type PostTaskHook = dyn Fn(&Signature, &TaskState) + Send + Sync;
+type PreConsumeHook = dyn Fn() -> bool + Send + Sync;
+
+#[derive(Default, Clone)]
+struct Hooks {
+    error: Option<Arc<ErrorHook>>,
+    pre_task: Option<Arc<PreTaskHook>>,
+    post_task: Option<Arc<PostTaskHook>>,
+    pre_consume: Option<Arc<PreConsumeHook>>,
+}
+
+/// Consumes one queue and runs tasks.
+///
+/// Build it with [`Server::new_worker`], add hooks, then [`Worker::run`] it (until a signal)
+/// or [`Worker::launch`] it in the background.
+pub struct Worker {
+    server: Server,
+    tag: String,
+    concurrency: usize,
+    queue: Option<String>,
+    handle_signals: bool,
+    hooks: Hooks,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("tag", &self.tag)
+            .field("concurrency", &self.concurrency)
+            .field("queue", &self.queue())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle on a worker running in the background.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    abort: CancellationToken,
+    join: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl WorkerHandle {
+    /// Stop taking new tasks; running ones finish. Does not wait: see [`WorkerHandle::join`].
+    pub fn quit(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stop at once: running tasks are dropped and their messages delivered again later.
+    pub fn abort(&self) {
+        self.stop.cancel();
+        self.abort.cancel();
+    }
+
+    /// Wait for the worker to end.
+    ///
+    /// # Errors
+    /// What the worker ended with ([`Error::Aborted`] after an abort).
+    pub async fn join(self) -> Result<()> {
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Backend {
+                driver: "worker",
+                message: format!("worker task ended abnormally: {e}"),
+                temporary: false,
+                source: None,
+            }),
+        }
+    }
+}
+
+impl Worker {
+    pub(crate) fn new(server: Server, tag: String, concurrency: usize, queue: Option<String>) -> Self {
+        let handle_signals = !server.config().no_unix_signals;
+        Worker {
+            server,
+            tag,
+            concurrency,
+            queue,
+            handle_signals,
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// The queue this worker consumes.
+    pub fn queue(&self) -> String {
+        self.queue
+            .clone()
+            .unwrap_or_else(|| self.server.config().default_queue.clone())
+    }
+
+    /// The consumer tag.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Do not react to SIGINT / SIGTERM (also set by the `no_unix_signals` config).
+    pub fn no_unix_signals(mut self) -> Self {
+        self.handle_signals = false;
+        self
+    }
+
+    /// Called for every task error (each failed attempt, including retried ones).
+    pub fn set_error_handler(&mut self, f: impl Fn(&Signature, &TaskError) + Send + Sync + 'static) {
+        self.hooks.error = Some(Arc::new(f));
+    }
+
+    /// Called before a task function runs.
+    pub fn set_pre_task_handler(&mut self, f: impl Fn(&Signature) + Send + Sync + 'static) {
+        self.hooks.pre_task = Some(Arc::new(f));
+    }
+
+    /// Called after a task's outcome was stored.
+    pub fn set_post_task_handler(
+        &mut self,
+        f: impl Fn(&Signature, &TaskState) + Send + Sync + 'static,
+    ) {
+        self.hooks.post_task = Some(Arc::new(f));
+    }
+
+    /// Called before each message is taken; while it returns false the worker takes nothing.
+    pub fn set_pre_consume_handler(&mut self, f: impl Fn() -> bool + Send + Sync + 'static) {
+        self.hooks.pre_consume = Some(Arc::new(f));
+    }
+
+    /// Run until stopped: the first SIGINT / SIGTERM stops taking tasks and waits for running
+    /// ones (returns `Ok`), a second one returns [`Error::Aborted`] at once.
+    ///
+    /// # Errors
+    /// When the queue cannot be consumed, or on abort.
+    pub async fn run(self) -> Result<()> {
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        if self.handle_signals {
+            spawn_signal_listener(stop.clone(), abort.clone())?;
+        }
+        self.run_until(stop, abort).await
+    }
+
+    /// Run in the background; the handle quits or aborts it.
+    pub fn launch(self) -> WorkerHandle {
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        if self.handle_signals
+            && let Err(e) = spawn_signal_listener(stop.clone(), abort.clone())
+        {
+            warn!(error = %e, "cannot install signal handlers");
+        }
+        let join = tokio::spawn(self.run_until(stop.clone(), abort.clone()));
+        WorkerHandle { stop, abort, join }
+    }
+
+    /// Run until `stop` (graceful) or `abort` (at once) is cancelled.
+    ///
+    /// # Errors
+    /// When the queue cannot be consumed, or on abort.
+    pub async fn run_until(self, stop: CancellationToken, abort: CancellationToken) -> Result<()> {
+        let queue = self.queue();
+        let prefetch = match self.concurrency {
+            0 => 256,
+            n => n.min(u16::MAX as usize) as u16,
+        };
+        let broker = Arc::clone(self.server.broker());
+        info!(
+            worker = %self.tag,
+            queue = %queue,
+            concurrency = self.concurrency,
+            broker = broker.driver(),
+            backend = self.server.backend().driver(),
+            tasks = ?self.server.registered_task_names(),
+            "worker starting"
+        );
+        let mut stream = broker
+            .consume(
+                &queue,
+                ConsumeOptions {
+                    prefetch,
+                    consumer_tag: self.tag.clone(),
+                },
+            )
+            .await?;
+        let semaphore = (self.concurrency > 0).then(|| Arc::new(Semaphore::new(self.concurrency)));
+        let this = Arc::new(Runner {
+            server: self.server.clone(),
+            hooks: self.hooks.clone(),
+            abort: abort.clone(),
+        });
+        let mut running = JoinSet::new();
+        loop {
+            while running.try_join_next().is_some() {}
+            if let Some(hook) = &this.hooks.pre_consume
+                && !hook()
+            {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+            let permit = match &semaphore {
+                Some(s) => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    p = Arc::clone(s).acquire_owned() => Some(p.expect("semaphore never closed")),
+                },
+                None => None,
+            };
+            let item = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                item = stream.next() => item,
+            };
+            match item {
+                None => {
+                    info!(worker = %self.tag, "broker closed the consumer; worker stopping");
+                    break;
+                }
+                Some(Err(e)) => {
+                    warn!(worker = %self.tag, error = %e, temporary = e.is_temporary(), "consuming failed; the broker reconnects");
+                    if !e.is_temporary() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Some(Ok(delivery)) => {
+                    let runner = Arc::clone(&this);
+                    running.spawn(async move {
+                        runner.process(delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        info!(worker = %self.tag, running = running.len(), "worker stopping: waiting for running tasks");
+        tokio::select! {
+            _ = async { while running.join_next().await.is_some() {} } => {}
+            _ = abort.cancelled() => {
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+                warn!(worker = %self.tag, "worker aborted; unfinished tasks will be delivered again");
+                return Err(Error::Aborted);
+            }
+        }
+        drop(stream);
+        info!(worker = %self.tag, "worker stopped");
+        Ok(())
+    }
+}
+
+fn spawn_signal_listener(stop: CancellationToken, abort: CancellationToken) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let map = |e: std::io::Error| Error::backend("worker", "cannot install signal handler", false, e);
+        let mut term = signal(SignalKind::terminate()).map_err(map)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(map)?;
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                    _ = abort.cancelled() => return,
+                }
+                seen += 1;
+                if seen == 1 {
+                    warn!("signal received: no new tasks; waiting for running ones (send again to quit at once)");
+                    stop.cancel();
+                } else {
+                    warn!("second signal received: quitting at once");
+                    abort.cancel();
+                    return;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+            let _ = tokio::signal::ctrl_c().await;
+            abort.cancel();
+        });
+    }
+    Ok(())
+}
+
+struct Runner {
+    server: Server,
+    hooks: Hooks,
+    abort: CancellationToken,
+}
+
+impl Runner {
+    fn config(&self) -> &crate::Config {
+        self.server.config()
+    }
+
+    async fn process(&self, delivery: Delivery) {
+        let sig = match &delivery.payload {
+            Payload::Malformed { raw, reason } => {
+                let reason = reason.clone();
+                error!(bytes = raw.len(), reason = %reason, "malformed message: dead-lettering it");
+                if let Err(e) = delivery.dead_letter(reason).await {
+                    error!(error = %e, "cannot dead-letter a malformed message; it will be delivered again");
+                }
+                return;
+            }
+            Payload::Task(sig) => Arc::new((**sig).clone()),
+        };
+        let span = info_span!(
+            "task",
+            uuid = %sig.uuid,
+            name = %sig.name,
+            trace_id = crate::trace::trace_id(sig.headers.as_ref()).unwrap_or(""),
+        );
+        async move {
+            let Some(task) = self.server.task(&sig.name) else {
+                if sig.ignore_when_task_not_registered {
+                    info!("task not registered here; dropping it (IgnoreWhenTaskNotRegistered)");
+                    if let Err(e) = delivery.ack().await {
+                        warn!(error = %e, "ack failed");
+                    }
+                } else {
+                    let delay = Duration::from_millis(self.config().worker.unknown_task_delay_ms);
+                    warn!(?delay, "task not registered here; requeueing it");
+                    if let Err(e) = delivery.requeue(Some(delay)).await {
+                        warn!(error = %e, "requeue failed; the message will be delivered again");
+                    }
+                }
+                return;
+            };
+            let outcome = tokio::select! {
+                r = self.execute(&sig, &task) => r,
+                _ = self.abort.cancelled() => return, // not acked: delivered again
+            };
+            match outcome {
+                Ok(()) => {
+                    if let Err(e) = delivery.ack().await {
+                        warn!(error = %e, "ack failed; the task may run again");
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot record the task's outcome; requeueing it");
+                    if let Err(e) = delivery.requeue(Some(Duration::from_secs(1))).await {
+                        warn!(error = %e, "requeue failed; the message will be delivered again");
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn set_state(&self, state: TaskState) -> Result<TaskState> {
+        self.server.backend().set_state(&state).await?;
+        Ok(state)
+    }
+
+    async fn execute(&self, sig: &Arc<Signature>, task: &crate::task::Task) -> Result<()> {
+        self.set_state(TaskState::new(sig, State::Received)).await?;
+        let cancel = self.abort.child_token();
+        let ctx = TaskContext::new(Arc::clone(sig), cancel.clone());
+        let fut = match task.call(ctx, &sig.args) {
+            Ok(f) => f,
+            Err(e) => {
+                // Like Go: RECEIVED then FAILURE, no STARTED, no retries.
+                let err = TaskError::Fatal(format!("invalid arguments for task {}: {e}", sig.name));
+                warn!(error = %err, "task arguments do not fit the function");
+                return self.failed(sig, err).await;
+            }
+        };
+        if let Some(h) = &self.hooks.pre_task {
+            h(sig);
+        }
+        self.set_state(TaskState::new(sig, State::Started)).await?;
+        let limit = task.options().timeout.or_else(|| {
+            let t = self.config().worker.task_timeout;
+            (t > 0).then(|| Duration::from_secs(t))
+        });
+        let run = AssertUnwindSafe(fut).catch_unwind();
+        let result = match limit {
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    cancel.cancel();
+                    Ok(Err(TaskError::Failed(format!("task timed out after {limit:?}"))))
+                }
+            },
+            None => run.await,
+        };
+        let result = result.unwrap_or_else(|panic| {
+            let msg = panic_message(panic.as_ref());
+            error!(panic = %msg, "task panicked");
+            Err(TaskError::Failed(msg))
+        });
+        match result {
+            Ok(values) => self.succeeded(sig, values).await,
+            Err(err) => self.errored(sig, err).await,
+        }
+    }
+
+    async fn succeeded(&self, sig: &Signature, values: Vec<GoValue>) -> Result<()> {
+        let results: Vec<TaskResult> = values.into_iter().map(TaskResult::new).collect();
+        debug!(results = results.len(), "task succeeded");
+        let state = self
+            .set_state(TaskState::success(sig, results.clone()))
+            .await?;
+        for next in &sig.on_success {
+            let mut next = next.clone();
+            if !sig.immutable {
+                next.args.extend(results.iter().map(TaskResult::to_arg));
+            }
+            crate::trace::child_of(sig.headers.as_ref(), &mut next);
+            self.server.send_task(next).await?;
+        }
+        self.group_member_done(sig).await?;
+        if let Some(h) = &self.hooks.post_task {
+            h(sig, &state);
+        }
+        Ok(())
+    }
+
+    async fn errored(&self, sig: &Signature, err: TaskError) -> Result<()> {
+        if let Some(h) = &self.hooks.error {
+            h(sig, &err);
+        }
+        match err {
+            TaskError::RetryLater { message, after } => {
+                let attempts = retry_later_attempts(sig) + 1;
+                let max = self.config().worker.retry_later_max_attempts;
+                if attempts > max {
+                    let err = TaskError::Failed(format!(
+                        "{message} (gave up after {max} retry-later attempts)"
+                    ));
+                    return self.failed(sig, err).await;
+                }
+                info!(?after, attempts, "task asked to be retried later");
+                self.set_state(TaskState::new(sig, State::Retry)).await?;
+                let mut again = sig.clone();
+                again
+                    .headers
+                    .get_or_insert_with(Default::default)
+                    .insert(RETRY_LATER_HEADER.to_owned(), attempts.into());
+                again.eta = Some(eta_after(after));
+                self.server.send_task(again).await?;
+                Ok(())
+            }
+            TaskError::Failed(message) if sig.retry_count > 0 => {
+                let mut again = sig.clone();
+                again.retry_count -= 1;
+                again.retry_timeout = crate::workflow::fibonacci_next(sig.retry_timeout);
+                let wait = Duration::from_secs(again.retry_timeout.max(0).unsigned_abs());
+                again.eta = Some(eta_after(wait));
+                warn!(error = %message, retries_left = again.retry_count, ?wait, "task failed; retrying");
+                self.set_state(TaskState::new(sig, State::Retry)).await?;
+                self.server.send_task(again).await?;
+                Ok(())
+            }
+            err => self.failed(sig, err).await,
+        }
+    }
+
+    async fn failed(&self, sig: &Signature, err: TaskError) -> Result<()> {
+        error!(error = %err, "task failed");
+        let state = self
+            .set_state(TaskState::failure(sig, err.message()))
+            .await?;
+        for next in &sig.on_error {
+            let mut next = next.clone();
+            next.args.insert(0, Arg::new(err.message().to_owned()));
+            crate::trace::child_of(sig.headers.as_ref(), &mut next);
+            self.server.send_task(next).await?;
+        }
+        self.group_member_done(sig).await?;
+        if let Some(h) = &self.hooks.post_task {
+            h(sig, &state);
+        }
+        Ok(())
+    }
+
+    /// Chord bookkeeping after a member reached SUCCESS or FAILURE.
+    async fn group_member_done(&self, sig: &Signature) -> Result<()> {
+        if sig.group_uuid.is_empty() {
+            return Ok(());
+        }
+        let Some(callback) = sig.chord_callback.as_deref() else {
+            return Ok(());
+        };
+        let backend = self.server.backend();
+        let states = backend.group_states(&sig.group_uuid).await?;
+        if !states.iter().all(TaskState::is_completed) {
+            return Ok(());
+        }
+        let failed: Vec<&TaskState> = states.iter().filter(|s| s.is_failure()).collect();
+        if !failed.is_empty() && !self.config().worker.chord_error_callbacks {
+            // Go's behaviour: a chord with a failed member never fires.
+            return Ok(());
+        }
+        if !backend.trigger_chord(&sig.group_uuid).await? {
+            return Ok(());
+        }
+        if let Some(first) = failed.first() {
+            let text = format!(
+                "chord group {} has {} failed member(s); first {}: {}",
+                sig.group_uuid,
+                failed.len(),
+                first.task_uuid,
+                first.error
+            );
+            warn!(group = %sig.group_uuid, "chord not fired: {text}");
+            for next in &callback.on_error {
+                let mut next = next.clone();
+                next.args.insert(0, Arg::new(text.clone()));
+                crate::trace::child_of(sig.headers.as_ref(), &mut next);
+                self.server.send_task(next).await?;
+            }
+            return Ok(());
+        }
+        let mut cb = callback.clone();
+        if !cb.immutable {
+            for s in &states {
+                cb.args
+                    .extend(s.results.iter().flatten().map(TaskResult::to_arg));
+            }
+        }
+        crate::trace::child_of(sig.headers.as_ref(), &mut cb);
+        info!(group = %sig.group_uuid, callback = %cb.uuid, "chord complete: sending its callback");
+        self.server.send_task(cb).await?;
+        Ok(())
+    }
+}
+
+fn retry_later_attempts(sig: &Signature) -> u32 {
+    sig.headers
+        .as_ref()
+        .and_then(|h| h.get(RETRY_LATER_HEADER))
+        .and_then(serde_json::Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn eta_after(d: Duration) -> crate::Timestamp {
+    crate::time::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(e) = payload.downcast_ref::<TaskError>() {
+        e.message().to_owned()
+    } else {
+        "task panicked".to_owned()
+    }
+}
