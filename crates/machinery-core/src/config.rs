@@ -371,7 +371,11 @@ impl Config {
         }
         set!("BROKER", c.broker, str);
         set!("LOCK", c.lock, str);
-        set!("MULTIPLE_BROKEN_SEPARATOR", c.multiple_broker_separator, str);
+        set!(
+            "MULTIPLE_BROKEN_SEPARATOR",
+            c.multiple_broker_separator,
+            str
+        );
         set!("DEFAULT_QUEUE", c.default_queue, str);
         set!("RESULT_BACKEND", c.result_backend, str);
         set!("RESULTS_EXPIRE_IN", c.results_expire_in);
@@ -392,13 +396,22 @@ impl Config {
         set!("REDIS_READ_TIMEOUT", c.redis.read_timeout);
         set!("REDIS_WRITE_TIMEOUT", c.redis.write_timeout);
         set!("REDIS_CONNECT_TIMEOUT", c.redis.connect_timeout);
-        set!("REDIS_NORMAL_TASKS_POLL_PERIOD", c.redis.normal_tasks_poll_period);
-        set!("REDIS_DELAYED_TASKS_POLL_PERIOD", c.redis.delayed_tasks_poll_period);
+        set!(
+            "REDIS_NORMAL_TASKS_POLL_PERIOD",
+            c.redis.normal_tasks_poll_period
+        );
+        set!(
+            "REDIS_DELAYED_TASKS_POLL_PERIOD",
+            c.redis.delayed_tasks_poll_period
+        );
         set!("REDIS_DELAYED_TASKS_KEY", c.redis.delayed_tasks_key, str);
         set!("REDIS_MASTER_NAME", c.redis.master_name, str);
         set!("REDIS_CLUSTER_MODE", c.redis.cluster_mode, bool);
         set!("NO_UNIX_SIGNALS", c.no_unix_signals, bool);
-        set!("WORKER_UNKNOWN_TASK_DELAY_MS", c.worker.unknown_task_delay_ms);
+        set!(
+            "WORKER_UNKNOWN_TASK_DELAY_MS",
+            c.worker.unknown_task_delay_ms
+        );
         set!(
             "WORKER_RETRY_LATER_MAX_ATTEMPTS",
             c.worker.retry_later_max_attempts
@@ -453,7 +466,10 @@ impl Config {
             ));
         }
         if self.redis.delayed_tasks_key.is_empty() {
-            return Err(Error::config("redis.delayed_tasks_key", "must not be empty"));
+            return Err(Error::config(
+                "redis.delayed_tasks_key",
+                "must not be empty",
+            ));
         }
         Ok(())
     }
@@ -508,9 +524,8 @@ impl LiveConfig {
     /// When the first load fails.
     pub fn watch_every(path: impl AsRef<Path>, interval: Duration) -> Result<LiveConfig> {
         let path = path.as_ref().to_path_buf();
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::config("<file>", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))?;
         let first = Config::from_yaml_str(&text)?;
         let (tx, rx) = watch::channel(first);
         let p = path.clone();
@@ -602,7 +617,9 @@ mod tests {
     fn yaml_over_1000_bytes_loads_completely() {
         let mut yaml = String::from("broker: redis://localhost:6379\n");
         for i in 0..60 {
-            yaml.push_str(&format!("# padding comment line number {i:03} ..................\n"));
+            yaml.push_str(&format!(
+                "# padding comment line number {i:03} ..................\n"
+            ));
         }
         yaml.push_str("default_queue: late_queue\nresults_expire_in: 42\namqp:\n  binding_key: bk\n  prefetch_count: 7\n  queue_declare_args:\n    x-max-priority: 10\n");
         assert!(yaml.len() > 1000);

@@ -29,7 +29,7 @@ pub use memory::{DeadLetter, MemoryBackend, MemoryBroker, MemoryLock};
 pub use signature::{Arg, Headers, Signature, new_chord_uuid, new_group_uuid, new_task_uuid};
 pub use state::{GroupMeta, State, TaskResult, TaskState};
 pub use server::{IntoBackend, IntoBroker, Server};
-pub use task::{Task, TaskContext, TaskOptions, task};
+pub use task::{Task, TaskContext, TaskOptions, Variadic, task};
 pub use time::Timestamp;
 pub use trace::{TRACEPARENT, trace_id};
 pub use worker::{RETRY_LATER_HEADER, Worker, WorkerHandle};

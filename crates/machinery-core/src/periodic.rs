@@ -56,8 +56,11 @@ impl Schedule {
                 // Go's cron: Sunday = 0 (or 7); the `cron` crate: 1 = Sunday. Convert
                 // numeric days of week.
                 let dow = convert_dow(fields[4]).map_err(bad)?;
-                format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow)
-                    .replace('?', "*")
+                format!(
+                    "0 {} {} {} {} {}",
+                    fields[0], fields[1], fields[2], fields[3], dow
+                )
+                .replace('?', "*")
             }
         };
         cron::Schedule::from_str(&six)
@@ -79,15 +82,24 @@ fn convert_dow(field: &str) -> std::result::Result<String, String> {
     const NAMES: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     let mut out = String::new();
     let mut num = String::new();
-    let flush = |num: &mut String, out: &mut String, after_slash: bool| -> std::result::Result<(), String> {
+    let flush = |num: &mut String,
+                 out: &mut String,
+                 after_slash: bool|
+     -> std::result::Result<(), String> {
         if num.is_empty() {
             return Ok(());
         }
         if after_slash {
             out.push_str(num);
         } else {
-            let n: usize = num.parse().map_err(|_| format!("bad day of week {num:?}"))?;
-            out.push_str(NAMES.get(n).ok_or_else(|| format!("day of week {n} out of range 0-7"))?);
+            let n: usize = num
+                .parse()
+                .map_err(|_| format!("bad day of week {num:?}"))?;
+            out.push_str(
+                NAMES
+                    .get(n)
+                    .ok_or_else(|| format!("day of week {n} out of range 0-7"))?,
+            );
         }
         num.clear();
         Ok(())
@@ -161,15 +173,15 @@ impl Periodic {
                 server.send_task(fresh(sig)).await?;
             }
             Periodic::Group(sigs, c) => {
-                let group = Group::new(sigs.iter().map(|s| fresh(s)).collect());
+                let group = Group::new(sigs.iter().map(fresh).collect());
                 server.send_group(group, *c).await?;
             }
             Periodic::Chain(sigs) => {
-                let chain = Chain::new(sigs.iter().map(|s| fresh(s)).collect())?;
+                let chain = Chain::new(sigs.iter().map(fresh).collect())?;
                 server.send_chain(chain).await?;
             }
             Periodic::Chord(sigs, cb, c) => {
-                let group = Group::new(sigs.iter().map(|s| fresh(s)).collect());
+                let group = Group::new(sigs.iter().map(fresh).collect());
                 let mut cb = cb.clone();
                 cb.uuid.clear();
                 server.send_chord(Chord::new(group, cb), *c).await?;
@@ -221,7 +233,12 @@ impl Server {
     ///
     /// # Errors
     /// [`Error::Config`] when the spec does not parse or the chain is empty.
-    pub fn register_periodic_chain(&self, spec: &str, name: &str, sigs: Vec<Signature>) -> Result<()> {
+    pub fn register_periodic_chain(
+        &self,
+        spec: &str,
+        name: &str,
+        sigs: Vec<Signature>,
+    ) -> Result<()> {
         if sigs.is_empty() {
             return Err(Error::config("chain", "a chain needs at least one task"));
         }
@@ -240,7 +257,11 @@ impl Server {
         sigs: Vec<Signature>,
         callback: Signature,
     ) -> Result<()> {
-        self.spawn_periodic(spec, name, Periodic::Chord(sigs, callback, send_concurrency))
+        self.spawn_periodic(
+            spec,
+            name,
+            Periodic::Chord(sigs, callback, send_concurrency),
+        )
     }
 
     fn spawn_periodic(&self, spec: &str, name: &str, what: Periodic) -> Result<()> {
@@ -293,12 +314,32 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert!(matches!(Schedule::parse("@every 1h30m").unwrap(), Schedule::Every(d) if d == Duration::from_secs(5400)));
-        assert!(matches!(Schedule::parse("@every 250ms").unwrap(), Schedule::Every(d) if d == Duration::from_millis(250)));
-        for s in ["*/5 * * * *", "0 12 * * 1-5", "0 0 1 * ?", "@hourly", "@daily", "@weekly", "30 2 * * 0", "0 0 * * 7"] {
+        assert!(
+            matches!(Schedule::parse("@every 1h30m").unwrap(), Schedule::Every(d) if d == Duration::from_secs(5400))
+        );
+        assert!(
+            matches!(Schedule::parse("@every 250ms").unwrap(), Schedule::Every(d) if d == Duration::from_millis(250))
+        );
+        for s in [
+            "*/5 * * * *",
+            "0 12 * * 1-5",
+            "0 0 1 * ?",
+            "@hourly",
+            "@daily",
+            "@weekly",
+            "30 2 * * 0",
+            "0 0 * * 7",
+        ] {
             Schedule::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
         }
-        for s in ["* * * *", "@sometimes", "@every", "@every 5x", "61 * * * *", "* * * * 8"] {
+        for s in [
+            "* * * *",
+            "@sometimes",
+            "@every",
+            "@every 5x",
+            "61 * * * *",
+            "* * * * 8",
+        ] {
             let err = Schedule::parse(s).unwrap_err().to_string();
             assert!(err.contains("periodic spec"), "{s}: {err}");
         }
@@ -308,10 +349,15 @@ mod tests {
     fn sunday_is_zero_as_in_go() {
         let s = Schedule::parse("0 0 * * 0").unwrap();
         // 2026-11-28 is a Saturday; the next Sunday midnight is 2026-11-29.
-        let from = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z").unwrap().to_utc();
+        let from = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .to_utc();
         let next = s.next_after(from).unwrap();
         assert_eq!(next.to_rfc3339(), "2026-11-29T00:00:00+00:00");
         let hourly = Schedule::parse("@hourly").unwrap();
-        assert_eq!(hourly.next_after(from).unwrap().to_rfc3339(), "2026-11-28T13:00:00+00:00");
+        assert_eq!(
+            hourly.next_after(from).unwrap().to_rfc3339(),
+            "2026-11-28T13:00:00+00:00"
+        );
     }
 }

@@ -243,7 +243,12 @@ impl Server {
             sig.routing_key = self.inner.broker.default_routing_key();
         }
         crate::trace::inject(sig.headers.get_or_insert_with(Default::default));
-        let hook = self.inner.pre_publish.read().expect("hook poisoned").clone();
+        let hook = self
+            .inner
+            .pre_publish
+            .read()
+            .expect("hook poisoned")
+            .clone();
         if let Some(hook) = hook {
             hook(sig);
         }

@@ -215,7 +215,11 @@ fn nil_if_empty<S: serde::Serializer, T: Serialize>(
     v: &[T],
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
-    if v.is_empty() { s.serialize_none() } else { v.serialize(s) }
+    if v.is_empty() {
+        s.serialize_none()
+    } else {
+        v.serialize(s)
+    }
 }
 
 go_deserialize!(Signature, "a Signature object", {
@@ -276,8 +280,8 @@ impl Signature {
 
     /// Run no earlier than `delay` from now.
     pub fn delay(self, delay: Duration) -> Self {
-        let eta = crate::time::now()
-            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let eta =
+            crate::time::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
         self.eta(eta)
     }
 

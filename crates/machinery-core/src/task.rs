@@ -195,6 +195,61 @@ impl_handler!(A1, A2, A3, A4, A5, A6);
 impl_handler!(A1, A2, A3, A4, A5, A6, A7);
 impl_handler!(A1, A2, A3, A4, A5, A6, A7, A8);
 
+/// All the arguments of a task, each converted to `T`: Go's variadic functions
+/// (`func Add(args ...int64)`). Use it as the only typed parameter:
+/// `async fn add(Variadic(args): Variadic<i64>) -> Result<i64, String>`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Variadic<T>(pub Vec<T>);
+
+/// Marker: a variadic function without context.
+#[derive(Debug)]
+pub struct VariadicNoContext;
+/// Marker: a variadic function with context.
+#[derive(Debug)]
+pub struct VariadicWithContext;
+
+fn convert_all<T: FromGoValue>(args: &[Arg]) -> Result<Variadic<T>, ArgError> {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| convert::<T>(i, a))
+        .collect::<Result<Vec<T>, ArgError>>()
+        .map(Variadic)
+}
+
+impl<F, Fut, R, T> TaskHandler<(VariadicNoContext, T)> for F
+where
+    F: Fn(Variadic<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoTaskOutput,
+    T: FromGoValue + Send + 'static,
+{
+    fn param_types(&self) -> Vec<&'static str> {
+        vec![T::RUST_TYPE, "..."]
+    }
+
+    fn call(&self, _ctx: TaskContext, args: &[Arg]) -> Result<TaskFuture, ArgError> {
+        let fut = (self)(convert_all(args)?);
+        Ok(Box::pin(async move { fut.await.into_task_output() }))
+    }
+}
+
+impl<F, Fut, R, T> TaskHandler<(VariadicWithContext, T)> for F
+where
+    F: Fn(TaskContext, Variadic<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoTaskOutput,
+    T: FromGoValue + Send + 'static,
+{
+    fn param_types(&self) -> Vec<&'static str> {
+        vec![T::RUST_TYPE, "..."]
+    }
+
+    fn call(&self, ctx: TaskContext, args: &[Arg]) -> Result<TaskFuture, ArgError> {
+        let fut = (self)(ctx, convert_all(args)?);
+        Ok(Box::pin(async move { fut.await.into_task_output() }))
+    }
+}
+
 /// Per-task options given at registration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]

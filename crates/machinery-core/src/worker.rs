@@ -96,7 +96,12 @@ impl WorkerHandle {
 }
 
 impl Worker {
-    pub(crate) fn new(server: Server, tag: String, concurrency: usize, queue: Option<String>) -> Self {
+    pub(crate) fn new(
+        server: Server,
+        tag: String,
+        concurrency: usize,
+        queue: Option<String>,
+    ) -> Self {
         let handle_signals = !server.config().no_unix_signals;
         Worker {
             server,
@@ -127,7 +132,10 @@ impl Worker {
     }
 
     /// Called for every task error (each failed attempt, including retried ones).
-    pub fn set_error_handler(&mut self, f: impl Fn(&Signature, &TaskError) + Send + Sync + 'static) {
+    pub fn set_error_handler(
+        &mut self,
+        f: impl Fn(&Signature, &TaskError) + Send + Sync + 'static,
+    ) {
         self.hooks.error = Some(Arc::new(f));
     }
 
@@ -275,7 +283,8 @@ fn spawn_signal_listener(stop: CancellationToken, abort: CancellationToken) -> R
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let map = |e: std::io::Error| Error::backend("worker", "cannot install signal handler", false, e);
+        let map =
+            |e: std::io::Error| Error::backend("worker", "cannot install signal handler", false, e);
         let mut term = signal(SignalKind::terminate()).map_err(map)?;
         let mut int = signal(SignalKind::interrupt()).map_err(map)?;
         tokio::spawn(async move {
@@ -288,7 +297,9 @@ fn spawn_signal_listener(stop: CancellationToken, abort: CancellationToken) -> R
                 }
                 seen += 1;
                 if seen == 1 {
-                    warn!("signal received: no new tasks; waiting for running ones (send again to quit at once)");
+                    warn!(
+                        "signal received: no new tasks; waiting for running ones (send again to quit at once)"
+                    );
                     stop.cancel();
                 } else {
                     warn!("second signal received: quitting at once");
@@ -409,7 +420,9 @@ impl Runner {
                 Ok(r) => r,
                 Err(_) => {
                     cancel.cancel();
-                    Ok(Err(TaskError::Failed(format!("task timed out after {limit:?}"))))
+                    Ok(Err(TaskError::Failed(format!(
+                        "task timed out after {limit:?}"
+                    ))))
                 }
             },
             None => run.await,

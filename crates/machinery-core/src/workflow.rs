@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::types::{ArgError, FromResults};
-use crate::{Backend, Error, Result, Signature, State, TaskResult, TaskState, new_chord_uuid, new_group_uuid, new_task_uuid};
+use crate::{
+    Backend, Error, Result, Signature, State, TaskResult, TaskState, new_chord_uuid,
+    new_group_uuid, new_task_uuid,
+};
 
 /// Tasks run in parallel; their results can feed a chord callback.
 #[derive(Debug, Clone, PartialEq)]

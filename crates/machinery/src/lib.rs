@@ -1,1 +1,16 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+pub use machinery_core::*;
+
+mod connect;
+pub mod example_tasks;
+
+pub use connect::{backend_from_url, broker_from_url, lock_from_url, server_from_config};
+
+/// The Redis driver (feature `redis`).
+#[cfg(feature = "redis")]
+pub use machinery_redis as redis;
+
+/// The AMQP driver (feature `amqp`).
+#[cfg(feature = "amqp")]
+pub use machinery_amqp as amqp;
