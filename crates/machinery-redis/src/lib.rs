@@ -1,1 +1,14 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod broker;
+mod client;
+mod config;
+mod error;
+mod lock;
+mod scripts;
+
+pub use backend::RedisBackend;
+pub use broker::RedisBroker;
+pub use config::RedisConfig;
+pub use lock::RedisLock;

@@ -1,0 +1,310 @@
+//! `RedisBackend`: task states and group metas under their UUID keys, in Go's JSON.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use machinery_core::{
+    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, json,
+};
+use redis::AsyncCommands;
+
+use crate::client::Conn;
+use crate::config::RedisConfig;
+use crate::error::{self, DRIVER};
+use crate::scripts;
+
+/// The Redis result backend. Cheap to clone; clones share one connection.
+///
+/// Keys are Go's: `SET <task uuid> <TaskState json> EX <ttl>` and
+/// `SET <group uuid> <GroupMeta json> EX <ttl>`.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    ttl_secs: u64,
+    display: String,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.inner.display)
+            .field("cluster", &self.inner.conn.is_cluster())
+            .field("ttl_secs", &self.inner.ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Connect to the server (or cluster) named by `config.url`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad URL; [`Error::Backend`] naming the server (password
+    /// redacted) when it cannot be reached.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let (conn, target) = Conn::connect(&config).await?;
+        Ok(Self::from_parts(conn, &config, target.display))
+    }
+
+    /// Connect with the default settings to `url`.
+    ///
+    /// # Errors
+    /// As [`RedisBackend::connect`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::connect(RedisConfig::from_url(url)).await
+    }
+
+    pub(crate) fn from_parts(conn: Conn, config: &RedisConfig, display: String) -> Self {
+        RedisBackend {
+            inner: Arc::new(Inner {
+                conn,
+                ttl_secs: config.results_ttl_secs(),
+                display,
+            }),
+        }
+    }
+
+    fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    async fn group_raw(&self, group_uuid: &str) -> Result<(GroupMeta, Vec<Option<Vec<u8>>>)> {
+        let fail = |e| error::map(format!("cannot read group {group_uuid}"), e);
+        let mut conn = self.conn();
+        if conn.is_cluster() {
+            // Member keys live on other nodes: read the meta, then one MGET that the cluster
+            // client splits per node.
+            let meta: Option<Vec<u8>> = conn.get(group_uuid).await.map_err(fail)?;
+            let meta = meta.ok_or_else(|| Error::NotFound(group_uuid.to_owned()))?;
+            let meta = GroupMeta::from_json(&meta)?;
+            if meta.task_uuids.is_empty() {
+                return Ok((meta, Vec::new()));
+            }
+            let states: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&meta.task_uuids)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            return Ok((meta, states));
+        }
+        let reply: Option<Vec<Option<Vec<u8>>>> = scripts::GROUP_STATES
+            .key(group_uuid)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        let mut reply = reply.ok_or_else(|| Error::NotFound(group_uuid.to_owned()))?;
+        if reply.is_empty() {
+            return Err(Error::NotFound(group_uuid.to_owned()));
+        }
+        let meta = reply.remove(0).unwrap_or_default();
+        let meta = GroupMeta::from_json(&meta)?;
+        Ok((meta, reply))
+    }
+}
+
+/// The new state's JSON cut around the task name and the creation time, for `SET_STATE`.
+struct StatePieces<'a> {
+    head: &'a [u8],
+    name: &'a [u8],
+    middle: &'a [u8],
+    created: &'a [u8],
+    tail: &'a [u8],
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+/// Cut Go's `{"TaskUUID":…,"TaskName":<name>,…,"CreatedAt":<time>,"TTL":…}`. The first
+/// `"TaskName":` and the last `,"CreatedAt":` are the keys themselves: a key cannot occur
+/// inside a string value, whose quotes are escaped, and only `Results` (before `CreatedAt`)
+/// may hold nested objects.
+fn split_state<'a>(json: &'a [u8], state: &TaskState) -> Result<StatePieces<'a>> {
+    let bad = || Error::decode("task state", "unexpected layout of the encoded state");
+    const NAME_KEY: &[u8] = b",\"TaskName\":";
+    const CREATED_KEY: &[u8] = b",\"CreatedAt\":";
+    const TTL_KEY: &[u8] = b",\"TTL\":";
+    let name_start = find(json, NAME_KEY).ok_or_else(bad)? + NAME_KEY.len();
+    let name_json = json::to_vec(&state.task_name).map_err(|e| Error::decode("task state", e))?;
+    let name_end = name_start + name_json.len();
+    if json.get(name_start..name_end) != Some(&name_json[..]) {
+        return Err(bad());
+    }
+    let created_start = rfind(json, CREATED_KEY).ok_or_else(bad)? + CREATED_KEY.len();
+    let created_end = rfind(json, TTL_KEY).ok_or_else(bad)?;
+    if created_start < name_end || created_end <= created_start {
+        return Err(bad());
+    }
+    Ok(StatePieces {
+        head: &json[..name_start],
+        name: &json[name_start..name_end],
+        middle: &json[name_end..created_start],
+        created: &json[created_start..created_end],
+        tail: &json[created_end..],
+    })
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn driver(&self) -> &'static str {
+        DRIVER
+    }
+
+    fn capabilities(&self) -> BackendCapabilities {
+        BackendCapabilities {
+            expiry: true,
+            keeps_created_at: true,
+            batched_group_states: !self.inner.conn.is_cluster(),
+            group_completion_counter: false,
+        }
+    }
+
+    async fn set_state(&self, state: &TaskState) -> Result<()> {
+        let json = state.to_json()?;
+        let ttl = self.inner.ttl_secs;
+        let key = &state.task_uuid;
+        let fail = |e| error::map(format!("cannot store the state of {key}"), e);
+        let mut conn = self.conn();
+        if state.state == State::Pending {
+            // Go writes PENDING afresh (a retry gets a new CreatedAt).
+            return conn.set_ex::<_, _, ()>(key, json, ttl).await.map_err(fail);
+        }
+        let p = split_state(&json, state)?;
+        scripts::SET_STATE
+            .key(key)
+            .arg(ttl)
+            .arg(p.head)
+            .arg(p.name)
+            .arg(p.middle)
+            .arg(p.created)
+            .arg(p.tail)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(fail)
+    }
+
+    async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {
+        let mut conn = self.conn();
+        let raw: Option<Vec<u8>> = conn
+            .get(task_uuid)
+            .await
+            .map_err(|e| error::map(format!("cannot read the state of {task_uuid}"), e))?;
+        raw.map(|r| TaskState::from_json(&r)).transpose()
+    }
+
+    async fn init_group(&self, group_uuid: &str, task_uuids: &[String]) -> Result<()> {
+        let meta = GroupMeta::new(group_uuid, task_uuids.to_vec()).to_json()?;
+        let mut conn = self.conn();
+        conn.set_ex::<_, _, ()>(group_uuid, meta, self.inner.ttl_secs)
+            .await
+            .map_err(|e| error::map(format!("cannot store group {group_uuid}"), e))
+    }
+
+    async fn group_states(&self, group_uuid: &str) -> Result<Vec<TaskState>> {
+        let (meta, raw) = self.group_raw(group_uuid).await?;
+        let mut raw = raw.into_iter();
+        meta.task_uuids
+            .into_iter()
+            .map(|uuid| match raw.next().flatten() {
+                Some(bytes) => TaskState::from_json(&bytes),
+                None => Ok(TaskState {
+                    task_uuid: uuid,
+                    state: State::Pending,
+                    ..TaskState::default()
+                }),
+            })
+            .collect()
+    }
+
+    async fn trigger_chord(&self, group_uuid: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let outcome: i64 = scripts::TRIGGER_CHORD
+            .key(group_uuid)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| error::map(format!("cannot trigger the chord of {group_uuid}"), e))?;
+        match outcome {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(Error::NotFound(group_uuid.to_owned())),
+        }
+    }
+
+    async fn purge_state(&self, task_uuid: &str) -> Result<()> {
+        let mut conn = self.conn();
+        conn.del::<_, ()>(task_uuid)
+            .await
+            .map_err(|e| error::map(format!("cannot delete the state of {task_uuid}"), e))
+    }
+
+    async fn purge_group(&self, group_uuid: &str) -> Result<()> {
+        let mut conn = self.conn();
+        conn.del::<_, ()>(group_uuid)
+            .await
+            .map_err(|e| error::map(format!("cannot delete group {group_uuid}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use machinery_core::{Signature, TaskResult};
+
+    fn rejoin(p: &StatePieces<'_>) -> Vec<u8> {
+        [p.head, p.name, p.middle, p.created, p.tail].concat()
+    }
+
+    #[test]
+    fn split_state_cuts_around_name_and_created_at() {
+        let sig = Signature::new("add");
+        let mut st = TaskState::success(&sig, vec![TaskResult::new(5_i64)]);
+        st.error = "\",\"CreatedAt\":\"x".to_owned();
+        let json = st.to_json().unwrap();
+        let p = split_state(&json, &st).unwrap();
+        assert_eq!(rejoin(&p), json);
+        assert_eq!(p.name, b"\"add\"");
+        assert!(p.head.ends_with(b"\"TaskName\":"));
+        assert!(p.middle.ends_with(b",\"CreatedAt\":"));
+        assert!(p.created.starts_with(b"\"") && p.created.ends_with(b"Z\""));
+        assert!(p.tail.starts_with(b",\"TTL\":"));
+    }
+
+    #[test]
+    fn split_state_with_odd_names() {
+        for name in ["", "a\"b", "<x&y>", "é\\"] {
+            let sig = Signature::new(name);
+            let st = TaskState::new(&sig, State::Started);
+            let json = st.to_json().unwrap();
+            let p = split_state(&json, &st).unwrap();
+            assert_eq!(rejoin(&p), json);
+            assert_eq!(p.name, &json::to_vec(name).unwrap()[..]);
+        }
+    }
+
+    #[test]
+    fn split_state_of_go_fixtures() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop/states");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            let Ok(st) = TaskState::from_json(&bytes) else {
+                continue; // group metas
+            };
+            let json = st.to_json().unwrap();
+            let p = split_state(&json, &st).unwrap();
+            assert_eq!(rejoin(&p), json, "{}", path.display());
+        }
+    }
+}

@@ -1,0 +1,751 @@
+//! `RedisBroker`: Go Machinery's queue layout with per-consumer processing lists and leases.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+use machinery_core::{
+    Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery, DeliveryStream,
+    Error, Nack, Payload, Result, Signature,
+};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncCommands, Client, RedisResult};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, Backoff};
+use crate::config::{RedisConfig, Target};
+use crate::error::{self, DRIVER};
+use crate::scripts;
+use crate::{RedisBackend, RedisLock};
+
+/// Most deliveries handed out ahead when `ConsumeOptions::prefetch` is 0 ("no limit").
+const UNLIMITED_PREFETCH: usize = 1000;
+
+/// Redis string values are limited to 512 MiB.
+const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The Redis broker. Cheap to clone; clones share one connection.
+///
+/// See the crate documentation for the key layout and the delivery guarantees.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    target: Target,
+    client: Client,
+    conn: ConnectionManager,
+    cancel: CancellationToken,
+    mover_started: AtomicBool,
+}
+
+impl fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.inner.target.display)
+            .field("default_queue", &self.inner.config.default_queue)
+            .field("delayed_tasks_key", &self.inner.config.delayed_tasks_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One entry of `<queue>.dead`: a JSON object
+/// `{"queue":"…","reason":"…","dead_at":"<RFC 3339>","consumer":"<consumer id>","body":"<message>"}`,
+/// with `body_base64` instead of `body` when the message is not UTF-8.
+#[derive(Serialize, Deserialize)]
+struct DeadLetterEntry {
+    queue: String,
+    reason: String,
+    dead_at: String,
+    consumer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+impl DeadLetterEntry {
+    fn encode(queue: &str, consumer: &str, reason: &str, raw: &[u8]) -> Vec<u8> {
+        use base64::Engine as _;
+        let (body, body_base64) = match std::str::from_utf8(raw) {
+            Ok(s) => (Some(s.to_owned()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(raw)),
+            ),
+        };
+        let entry = DeadLetterEntry {
+            queue: queue.to_owned(),
+            reason: reason.to_owned(),
+            dead_at: machinery_core::time::format(&machinery_core::time::now()),
+            consumer: consumer.to_owned(),
+            body,
+            body_base64,
+        };
+        serde_json::to_vec(&entry).unwrap_or_default()
+    }
+
+    fn decode(raw: &[u8]) -> DeadLetter {
+        use base64::Engine as _;
+        match serde_json::from_slice::<DeadLetterEntry>(raw) {
+            Ok(e) => {
+                let body = match (e.body, e.body_base64) {
+                    (Some(b), _) => b.into_bytes(),
+                    (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap_or_default(),
+                    (None, None) => Vec::new(),
+                };
+                DeadLetter {
+                    body,
+                    reason: e.reason,
+                }
+            }
+            Err(err) => DeadLetter {
+                body: raw.to_vec(),
+                reason: format!("unreadable dead-letter entry: {err}"),
+            },
+        }
+    }
+}
+
+/// The keys that belong to one queue.
+#[derive(Debug, Clone)]
+struct QueueKeys {
+    queue: String,
+    registry: String,
+    processing_prefix: String,
+    dead: String,
+}
+
+impl QueueKeys {
+    fn new(queue: &str) -> Self {
+        QueueKeys {
+            queue: queue.to_owned(),
+            registry: format!("{queue}.consumers"),
+            processing_prefix: format!("{queue}.processing."),
+            dead: format!("{queue}.dead"),
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Connect to the server named by `config.url`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad URL; [`Error::Unsupported`] for a cluster URL (the broker
+    /// needs a single node); [`Error::Backend`] naming the server (password redacted) when it
+    /// cannot be reached.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let target = config.target()?;
+        let client = client::single_client(&config, &target)?;
+        let conn = client::shared_manager(&config, &target, &client).await?;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                config,
+                target,
+                client,
+                conn,
+                cancel: CancellationToken::new(),
+                mover_started: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Connect with the default settings to `url`.
+    ///
+    /// # Errors
+    /// As [`RedisBroker::connect`].
+    pub async fn from_url(url: &str) -> Result<Self> {
+        Self::connect(RedisConfig::from_url(url)).await
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// A result backend sharing this broker's connection and settings (single node only).
+    pub fn backend(&self) -> RedisBackend {
+        RedisBackend::from_parts(
+            crate::client::Conn::Single(self.inner.conn.clone()),
+            &self.inner.config,
+            self.inner.target.display.clone(),
+        )
+    }
+
+    /// A periodic-task lock sharing this broker's connection.
+    pub fn lock(&self) -> RedisLock {
+        RedisLock::from_parts(
+            crate::client::Conn::Single(self.inner.conn.clone()),
+            self.inner.target.display.clone(),
+        )
+    }
+
+    /// The dead-letter list of `queue` (`<queue>.dead`), oldest first: each message byte for
+    /// byte with the reason it was set aside.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>> {
+        let key = QueueKeys::new(queue).dead;
+        let mut conn = self.inner.conn.clone();
+        let raw: Vec<Vec<u8>> = conn
+            .lrange(&key, 0, -1)
+            .await
+            .map_err(|e| error::map(format!("cannot read {key}"), e))?;
+        Ok(raw.iter().map(|r| DeadLetterEntry::decode(r)).collect())
+    }
+
+    /// Move every due delayed task to its queue now (the consumers do this on their own every
+    /// `delayed_tasks_poll_period`). Returns how many were moved.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn move_due_delayed_tasks(&self) -> Result<usize> {
+        move_due(&self.inner.conn, &self.inner.config).await
+    }
+
+    fn queue_for<'a>(&'a self, sig: &'a Signature) -> &'a str {
+        if sig.routing_key.is_empty() {
+            &self.inner.config.default_queue
+        } else {
+            &sig.routing_key
+        }
+    }
+
+    fn start_delayed_mover(&self) {
+        if self.inner.mover_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let cancel = self.inner.cancel.clone();
+        tokio::spawn(delayed_mover(weak, cancel));
+    }
+}
+
+/// One sweep: move every due delayed task, batch by batch.
+async fn move_due(conn: &ConnectionManager, config: &RedisConfig) -> Result<usize> {
+    let batch = config.delayed_batch();
+    let mut total = 0;
+    loop {
+        let now = machinery_core::time::unix_nanos(&machinery_core::time::now());
+        let mut c = conn.clone();
+        let moved: usize = scripts::MOVE_DUE
+            .key(&config.delayed_tasks_key)
+            .arg(now)
+            .arg(batch)
+            .arg(&config.default_queue)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| {
+                error::map(
+                    format!("cannot move due tasks out of {}", config.delayed_tasks_key),
+                    e,
+                )
+            })?;
+        total += moved;
+        if moved < batch {
+            return Ok(total);
+        }
+    }
+}
+
+async fn delayed_mover(weak: Weak<Inner>, cancel: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_secs(5));
+    loop {
+        let pause = {
+            let Some(inner) = weak.upgrade() else { return };
+            match move_due(&inner.conn, &inner.config).await {
+                Ok(_) => {
+                    backoff.reset();
+                    inner.config.delayed_poll()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: moving due delayed tasks failed");
+                    backoff.step().max(inner.config.delayed_poll())
+                }
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn driver(&self) -> &'static str {
+        DRIVER
+    }
+
+    fn capabilities(&self) -> BrokerCapabilities {
+        BrokerCapabilities {
+            delayed_delivery: true,
+            pending_tasks: true,
+            delayed_tasks: true,
+            priority: false,
+            dead_letter: true,
+            fifo: true,
+            redelivers_unacked: true,
+            max_message_bytes: Some(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    fn default_routing_key(&self) -> String {
+        self.inner.config.default_queue.clone()
+    }
+
+    async fn publish(&self, sig: &Signature) -> Result<()> {
+        // Go's Redis broker writes the queue it used into the message.
+        let filled;
+        let sig = if sig.routing_key.is_empty() {
+            let mut s = sig.clone();
+            s.routing_key.clone_from(&self.inner.config.default_queue);
+            filled = s;
+            &filled
+        } else {
+            sig
+        };
+        let body = sig.to_json()?;
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(Error::TooLarge {
+                what: "message",
+                size: body.len(),
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        let queue = self.queue_for(sig);
+        let delayed_key = &self.inner.config.delayed_tasks_key;
+        let eta = sig.future_eta();
+        retry_once(&self.inner.conn, |mut c| {
+            let body = &body;
+            async move {
+                match eta {
+                    Some(eta) => {
+                        let score = machinery_core::time::unix_nanos(&eta);
+                        c.zadd::<_, _, _, ()>(delayed_key, body, score).await
+                    }
+                    None => c.rpush::<_, _, ()>(queue, body).await,
+                }
+            }
+        })
+        .await
+        .map_err(|e| {
+            let target = if eta.is_some() { delayed_key } else { queue };
+            error::map(format!("cannot publish to {target}"), e)
+        })
+    }
+
+    async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<DeliveryStream> {
+        if queue.is_empty() {
+            return Err(Error::config(
+                "default_queue",
+                "cannot consume an empty queue name",
+            ));
+        }
+        let config = &self.inner.config;
+        let keys = QueueKeys::new(queue);
+        let id = client::consumer_id();
+        let processing = format!("{}{id}", keys.processing_prefix);
+        let blocking = client::blocking_connection(config, &self.inner.client)
+            .await
+            .map_err(|e| error::unreachable(&self.inner.target.display, e))?;
+        let consumer = Arc::new(Consumer {
+            keys,
+            id,
+            processing,
+            conn: self.inner.conn.clone(),
+            delayed_key: config.delayed_tasks_key.clone(),
+            default_queue: config.default_queue.clone(),
+        });
+        // Register before taking anything, so that a crash right after the first move is
+        // recovered; recover dead consumers of this queue at once.
+        consumer
+            .tick(config.lease())
+            .await
+            .map_err(|e| error::map(format!("cannot register consumer on {queue}"), e))?;
+        self.start_delayed_mover();
+
+        let prefetch = match options.prefetch {
+            0 => UNLIMITED_PREFETCH,
+            n => usize::from(n),
+        };
+        let (tx, rx) = mpsc::channel(prefetch.min(1024) + 1);
+        let fetcher = Fetcher {
+            consumer: Arc::clone(&consumer),
+            client: self.inner.client.clone(),
+            config: config.clone(),
+            conn: Some(blocking),
+            tx,
+            permits: Arc::new(Semaphore::new(prefetch)),
+            max_batch: prefetch,
+            cancel: self.inner.cancel.clone(),
+        };
+        tokio::spawn(fetcher.run());
+        tokio::spawn(heartbeat(
+            Arc::downgrade(&consumer),
+            config.lease(),
+            config.tick(),
+        ));
+        tracing::debug!(queue, consumer = %consumer.id, prefetch, "redis: consumer started");
+        Ok(Box::pin(ConsumerStream { rx }))
+    }
+
+    async fn pending_tasks(&self, queue: &str) -> Result<Vec<Signature>> {
+        let mut conn = self.inner.conn.clone();
+        let raw: Vec<Vec<u8>> = conn
+            .lrange(queue, 0, -1)
+            .await
+            .map_err(|e| error::map(format!("cannot list {queue}"), e))?;
+        Ok(decode_all(&raw, queue))
+    }
+
+    async fn delayed_tasks(&self) -> Result<Vec<Signature>> {
+        let key = &self.inner.config.delayed_tasks_key;
+        let mut conn = self.inner.conn.clone();
+        let raw: Vec<Vec<u8>> = conn
+            .zrange(key, 0, -1)
+            .await
+            .map_err(|e| error::map(format!("cannot list {key}"), e))?;
+        Ok(decode_all(&raw, key))
+    }
+
+    async fn purge_queue(&self, queue: &str) -> Result<()> {
+        let mut conn = self.inner.conn.clone();
+        conn.del::<_, ()>(queue)
+            .await
+            .map_err(|e| error::map(format!("cannot purge {queue}"), e))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.cancel.cancel();
+        Ok(())
+    }
+}
+
+/// Undecodable entries are skipped (and logged): inspection must not fail because of one
+/// bad message, which a consumer will dead-letter anyway.
+fn decode_all(raw: &[Vec<u8>], key: &str) -> Vec<Signature> {
+    raw.iter()
+        .filter_map(|r| match Signature::from_json(r) {
+            Ok(sig) => Some(sig),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "redis: skipping an undecodable message");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Run a command on the shared connection, once more if the connection had dropped (the
+/// manager reconnects in between), so that a server restart is invisible to idempotent-enough
+/// calls.
+async fn retry_once<T, F, Fut>(conn: &ConnectionManager, f: F) -> RedisResult<T>
+where
+    F: Fn(ConnectionManager) -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    match f(conn.clone()).await {
+        Err(e) if error::is_connection_lost(&e) => f(conn.clone()).await,
+        other => other,
+    }
+}
+
+/// One consumer stream's identity and its keys; shared by its fetch task and its deliveries.
+/// When the last of them goes away, whatever is still in the processing list is given back.
+struct Consumer {
+    keys: QueueKeys,
+    id: String,
+    processing: String,
+    conn: ConnectionManager,
+    delayed_key: String,
+    default_queue: String,
+}
+
+impl Consumer {
+    /// What to put in the delayed set so that the delayed mover brings the message back to
+    /// this queue: the bytes as they are when their `RoutingKey` already names it, else the
+    /// signature re-encoded with it. `None` for a body that is not a signature (it cannot be
+    /// routed by the mover, so it is requeued at once instead).
+    fn delayed_member<'a>(&self, raw: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let mut sig = Signature::from_json(raw).ok()?;
+        let routed_to = if sig.routing_key.is_empty() {
+            &self.default_queue
+        } else {
+            &sig.routing_key
+        };
+        if *routed_to == self.keys.queue {
+            return Some(std::borrow::Cow::Borrowed(raw));
+        }
+        sig.routing_key.clone_from(&self.keys.queue);
+        sig.to_json().ok().map(std::borrow::Cow::Owned)
+    }
+
+    async fn tick(&self, lease: Duration) -> RedisResult<usize> {
+        let mut c = self.conn.clone();
+        let moved: usize = scripts::TICK
+            .key(&self.keys.registry)
+            .key(&self.keys.queue)
+            .arg(&self.id)
+            .arg(lease.as_millis() as u64)
+            .arg(&self.keys.processing_prefix)
+            .invoke_async(&mut c)
+            .await?;
+        if moved > 0 {
+            tracing::info!(
+                queue = %self.keys.queue,
+                moved,
+                "redis: put back messages held by dead consumers"
+            );
+        }
+        Ok(moved)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut conn = self.conn.clone();
+        let keys = self.keys.clone();
+        let processing = std::mem::take(&mut self.processing);
+        let id = std::mem::take(&mut self.id);
+        handle.spawn(async move {
+            let released: RedisResult<usize> = scripts::RELEASE
+                .key(&processing)
+                .key(&keys.queue)
+                .key(&keys.registry)
+                .arg(&id)
+                .invoke_async(&mut conn)
+                .await;
+            match released {
+                Ok(n) => tracing::debug!(queue = %keys.queue, consumer = %id, released = n, "redis: consumer stopped"),
+                Err(e) => tracing::warn!(
+                    queue = %keys.queue,
+                    error = %e,
+                    "redis: could not give back unacknowledged messages; they return once the lease ends"
+                ),
+            }
+        });
+    }
+}
+
+/// Keeps the consumer's lease alive and recovers dead consumers of the same queue, until the
+/// consumer is gone.
+async fn heartbeat(consumer: Weak<Consumer>, lease: Duration, tick: Duration) {
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(consumer) = consumer.upgrade() else {
+            return;
+        };
+        if let Err(e) = consumer.tick(lease).await {
+            tracing::debug!(queue = %consumer.keys.queue, error = %e, "redis: heartbeat failed");
+        }
+    }
+}
+
+/// The consumer loop: takes messages into the processing list, never more than the permits
+/// (prefetch) allow, and hands them to the stream.
+struct Fetcher {
+    consumer: Arc<Consumer>,
+    client: Client,
+    config: RedisConfig,
+    conn: Option<MultiplexedConnection>,
+    tx: mpsc::Sender<Result<Delivery>>,
+    permits: Arc<Semaphore>,
+    max_batch: usize,
+    cancel: CancellationToken,
+}
+
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl Fetcher {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.config.reconnect_max_delay());
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                _ = self.tx.closed() => break,
+                p = Arc::clone(&self.permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.max_batch {
+                match Arc::clone(&self.permits).try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let step = match self.fetch(permits).await {
+                Ok(step) => {
+                    backoff.reset();
+                    step
+                }
+                Err(e) => {
+                    self.conn = None;
+                    let err = error::map(format!("cannot consume {}", self.consumer.keys.queue), e);
+                    if self.tx.send(Err(err)).await.is_err() {
+                        break;
+                    }
+                    let pause = backoff.step();
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => Step::Stop,
+                        _ = self.tx.closed() => Step::Stop,
+                        _ = tokio::time::sleep(pause) => Step::Continue,
+                    }
+                }
+            };
+            if matches!(step, Step::Stop) {
+                break;
+            }
+        }
+    }
+
+    /// Take up to `permits.len()` messages; when the queue is empty, block for one.
+    async fn fetch(&mut self, mut permits: Vec<OwnedSemaphorePermit>) -> RedisResult<Step> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(client::blocking_connection(&self.config, &self.client).await?),
+        };
+        let taken: Vec<Vec<u8>> = scripts::TAKE
+            .key(&self.consumer.keys.queue)
+            .key(&self.consumer.processing)
+            .arg(permits.len())
+            .invoke_async(conn)
+            .await?;
+        if !taken.is_empty() {
+            permits.truncate(taken.len());
+            for (raw, permit) in taken.into_iter().zip(permits) {
+                if !self.deliver(raw, permit).await {
+                    return Ok(Step::Stop);
+                }
+            }
+            return Ok(Step::Continue);
+        }
+        // Nothing waiting: block on one message. The pop is never cancelled half-way, so a
+        // message it moves always has a live (or recoverable) owner.
+        permits.truncate(1);
+        let timeout = self.config.block_timeout().as_secs_f64();
+        let popped: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(&self.consumer.keys.queue)
+            .arg(&self.consumer.processing)
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(timeout)
+            .query_async(conn)
+            .await?;
+        if let Some(raw) = popped {
+            let permit = permits.pop().expect("one permit kept");
+            if !self.deliver(raw, permit).await {
+                return Ok(Step::Stop);
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Hand one message to the stream; false when the stream is gone.
+    async fn deliver(&self, raw: Vec<u8>, permit: OwnedSemaphorePermit) -> bool {
+        let payload = Payload::decode(&raw);
+        let acker = RedisAcker {
+            consumer: Arc::clone(&self.consumer),
+            raw,
+            _permit: permit,
+        };
+        let delivery = Delivery::new(payload, false, Box::new(acker));
+        self.tx.send(Ok(delivery)).await.is_ok()
+    }
+}
+
+/// The stream side of a consumer.
+struct ConsumerStream {
+    rx: mpsc::Receiver<Result<Delivery>>,
+}
+
+impl Stream for ConsumerStream {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Settles one delivery: its bytes are removed from the consumer's processing list.
+struct RedisAcker {
+    consumer: Arc<Consumer>,
+    raw: Vec<u8>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl Acknowledger for RedisAcker {
+    async fn ack(&self) -> Result<()> {
+        let c = &self.consumer;
+        retry_once(&c.conn, |mut conn| async move {
+            conn.lrem::<_, _, i64>(&c.processing, 1, &self.raw).await
+        })
+        .await
+        .map(|removed| {
+            if removed == 0 {
+                tracing::warn!(
+                    queue = %c.keys.queue,
+                    "redis: acked a message that was no longer held (its lease had ended; it may run again)"
+                );
+            }
+        })
+        .map_err(|e| error::map(format!("cannot ack on {}", c.keys.queue), e))
+    }
+
+    async fn nack(&self, nack: Nack) -> Result<()> {
+        let c = &self.consumer;
+        let mut pipe = redis::pipe();
+        pipe.atomic().lrem(&c.processing, 1, &self.raw).ignore();
+        let what = match &nack {
+            Nack::Requeue { delay: None } => {
+                pipe.rpush(&c.keys.queue, &self.raw).ignore();
+                "requeue"
+            }
+            Nack::Requeue { delay: Some(delay) } => match c.delayed_member(&self.raw) {
+                Some(member) => {
+                    let eta = machinery_core::time::now()
+                        + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::MAX);
+                    let score = machinery_core::time::unix_nanos(&eta);
+                    pipe.zadd(&c.delayed_key, member, score).ignore();
+                    "requeue with delay"
+                }
+                None => {
+                    pipe.rpush(&c.keys.queue, &self.raw).ignore();
+                    "requeue"
+                }
+            },
+            Nack::DeadLetter { reason } => {
+                let entry = DeadLetterEntry::encode(&c.keys.queue, &c.id, reason, &self.raw);
+                pipe.rpush(&c.keys.dead, entry).ignore();
+                "dead-letter"
+            }
+        };
+        let mut conn = c.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| error::map(format!("cannot {what} on {}", c.keys.queue), e))
+    }
+}

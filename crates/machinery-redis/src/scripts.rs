@@ -1,0 +1,241 @@
+//! The Lua scripts. Each runs atomically on the server; `redis::Script` sends `EVALSHA` and
+//! loads the script again after a server restart (`NOSCRIPT`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Move up to `ARGV[1]` messages from the head of the queue to the tail of the consumer's
+/// processing list and return them (oldest first).
+///
+/// KEYS: queue, processing list.
+pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local msgs = redis.call('LPOP', KEYS[1], ARGV[1])
+if not msgs then return {} end
+redis.call('RPUSH', KEYS[2], unpack(msgs))
+return msgs
+",
+    )
+});
+
+/// Heartbeat of one consumer (when `ARGV[1]` is not empty) and recovery of dead consumers:
+/// every registered consumer whose lease ended has its processing list moved back to the
+/// HEAD of the queue, in its original order, and is removed from the registry. Leases use
+/// the server's clock so that clock skew between workers does not matter. Returns how many
+/// messages were moved back.
+///
+/// KEYS: registry, queue. ARGV: consumer id, lease in ms, processing key prefix.
+pub(crate) static TICK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[1] ~= '' then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 100)
+local moved = 0
+for _, id in ipairs(dead) do
+  local p = ARGV[3] .. id
+  while redis.call('LMOVE', p, KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+  redis.call('ZREM', KEYS[1], id)
+end
+return moved
+",
+    )
+});
+
+/// A consumer that stopped gracefully gives back what it still holds: its processing list
+/// goes back to the head of the queue, and it leaves the registry.
+///
+/// KEYS: processing list, queue, registry. ARGV: consumer id.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local moved = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+return moved
+",
+    )
+});
+
+/// Move up to `ARGV[2]` due delayed tasks (score <= `ARGV[1]`, Unix ns) to the tail of the
+/// queue named by their `RoutingKey` (`ARGV[3]` when empty or unreadable), as Go's `RPUSH`
+/// does. Members stay Go's signature JSON byte for byte. Returns how many were moved.
+///
+/// The routing key is read with a pattern when the member has Go's field order (the first
+/// `"RoutingKey":` is then the top-level one, since earlier fields are strings) and with
+/// cjson otherwise. Queue keys are computed inside the script: not for Redis Cluster.
+///
+/// KEYS: delayed set. ARGV: now ns, batch size, default queue.
+pub(crate) static MOVE_DUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due == 0 then return 0 end
+local queues = {}
+local order = {}
+for _, m in ipairs(due) do
+  local q = nil
+  if string.sub(m, 1, 9) == '{"UUID":"' then
+    q = string.match(m, '"RoutingKey":"([^"\\]*)"')
+  end
+  if q == nil then
+    local ok, sig = pcall(cjson.decode, m)
+    if ok and type(sig) == 'table' then
+      for k, v in pairs(sig) do
+        if type(k) == 'string' and string.lower(k) == 'routingkey' and type(v) == 'string' then
+          q = v
+        end
+      end
+    end
+  end
+  if q == nil or q == '' then q = ARGV[3] end
+  local list = queues[q]
+  if list == nil then
+    list = {}
+    queues[q] = list
+    order[#order + 1] = q
+  end
+  list[#list + 1] = m
+end
+for _, q in ipairs(order) do
+  redis.call('RPUSH', q, unpack(queues[q]))
+end
+redis.call('ZREM', KEYS[1], unpack(due))
+return #due
+"#,
+    )
+});
+
+/// Write a task state, keeping the stored `CreatedAt` and (when the new one is empty)
+/// `TaskName`, as Go's GET-then-SET does, in one atomic step. The new JSON arrives cut in
+/// five pieces around the task name and the creation time so that the stored bytes stay
+/// exactly Go's encoding.
+///
+/// KEYS: task UUID. ARGV: ttl seconds, head (through `"TaskName":`), task name JSON, middle
+/// (through `"CreatedAt":`), created-at JSON, tail.
+pub(crate) static SET_STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local name = ARGV[3]
+local created = ARGV[5]
+local old = redis.call('GET', KEYS[1])
+if old then
+  local c = string.match(old, '"CreatedAt":("[^"]*"),"TTL":[-%d]*}$')
+  if c == nil then c = string.match(old, '"CreatedAt":("[^"]*")') end
+  if c then created = c end
+  if name == '""' then
+    local _, e = string.find(old, '"TaskName":"', 1, true)
+    if e then
+      local i = e + 1
+      local n = #old
+      while i <= n do
+        local b = string.byte(old, i)
+        if b == 92 then
+          i = i + 2
+        elseif b == 34 then
+          break
+        else
+          i = i + 1
+        end
+      end
+      if i <= n then name = string.sub(old, e, i) end
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2] .. name .. ARGV[4] .. created .. ARGV[6], 'EX', ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Flip `ChordTriggered` to true in a stored GroupMeta, once. Returns 1 to the caller that
+/// flipped it, 0 when it was already set, -1 when the group is unknown. The flip edits the
+/// bytes in place (a JSON key cannot occur inside a string value, whose quotes are escaped),
+/// so the stored meta stays Go's encoding and keeps its expiry.
+///
+/// KEYS: group UUID.
+pub(crate) static TRIGGER_CHORD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta = redis.call('GET', KEYS[1])
+if not meta then return -1 end
+if string.find(meta, '"ChordTriggered":true', 1, true) then return 0 end
+local s, e = string.find(meta, '"ChordTriggered":false', 1, true)
+if s then
+  redis.call('SET', KEYS[1], string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' .. string.sub(meta, e + 1), 'KEEPTTL')
+  return 1
+end
+local ok, m = pcall(cjson.decode, meta)
+if not ok or type(m) ~= 'table' then
+  return redis.error_reply('group meta of ' .. KEYS[1] .. ' is not a json object')
+end
+for k, v in pairs(m) do
+  if type(k) == 'string' and string.lower(k) == 'chordtriggered' then
+    if v == true then return 0 end
+    m[k] = nil
+  end
+end
+m['ChordTriggered'] = true
+redis.call('SET', KEYS[1], cjson.encode(m), 'KEEPTTL')
+return 1
+"#,
+    )
+});
+
+/// The group meta followed by the stored state of every member, in `TaskUUIDs` order (nil
+/// for members with nothing stored), in one round trip. Nil when the group is unknown.
+/// Member keys come from the meta: not for Redis Cluster.
+///
+/// KEYS: group UUID.
+pub(crate) static GROUP_STATES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local meta = redis.call('GET', KEYS[1])
+if not meta then return false end
+local out = {meta}
+local ok, m = pcall(cjson.decode, meta)
+if not ok or type(m) ~= 'table' then return out end
+local ids = nil
+for k, v in pairs(m) do
+  if type(k) == 'string' and string.lower(k) == 'taskuuids' and type(v) == 'table' then ids = v end
+end
+if ids == nil then return out end
+local n = #ids
+local i = 1
+while i <= n do
+  local j = math.min(i + 499, n)
+  local vals = redis.call('MGET', unpack(ids, i, j))
+  for k = 1, #vals do out[#out + 1] = vals[k] end
+  i = j + 1
+end
+return out
+",
+    )
+});
+
+/// Go's periodic-task lock: `SET key <deadline ns> NX PX <ms>`; when the key exists and the
+/// deadline stored in it has passed, take it over. Atomic, so it needs no GETSET race.
+/// Returns 1 when the caller holds the lock.
+///
+/// KEYS: lock key. ARGV: deadline ns, ttl ms, now ns.
+pub(crate) static LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local stored = tonumber(redis.call('GET', KEYS[1]))
+if stored == nil then
+  return redis.error_reply('lock ' .. KEYS[1] .. ' does not hold a number')
+end
+if stored ~= 0 and tonumber(ARGV[3]) > stored then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});

@@ -1,0 +1,85 @@
+//! Helpers shared by the Redis test binaries.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use machinery_redis::RedisConfig;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+/// The variable that points the tests at a Redis server.
+pub const URL_VAR: &str = "MACHINERY_TEST_REDIS_URL";
+
+/// The test server's URL, or `None` after printing one "skipped" line.
+pub fn url() -> Option<String> {
+    match std::env::var(URL_VAR) {
+        Ok(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            println!("skipped: {URL_VAR} not set");
+            None
+        }
+    }
+}
+
+/// A fresh key namespace: a letter, then hex digits.
+pub fn namespace() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("mr{}", &id[..12])
+}
+
+/// Settings for tests: everything under `ns`, short leases and polls.
+pub fn config(url: &str, ns: &str) -> RedisConfig {
+    RedisConfig {
+        default_queue: format!("{ns}_tasks"),
+        delayed_tasks_key: format!("{ns}.delayed_tasks"),
+        consumer_lease_ms: 1000,
+        recovery_interval_ms: 200,
+        delayed_tasks_poll_period: 50,
+        reconnect_max_delay_ms: 1000,
+        ..RedisConfig::from_url(url)
+    }
+}
+
+/// A plain connection for looking at (or writing) keys directly.
+pub async fn raw(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{URL_VAR} is set but redis is unreachable: {e}"))
+}
+
+/// Delete every key that starts with `prefix`.
+pub async fn delete_prefix(conn: &mut MultiplexedConnection, prefix: &str) {
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<'_, String> =
+            conn.scan_match(format!("{prefix}*")).await.expect("scan");
+        let mut keys = Vec::new();
+        while let Some(k) = iter.next_item().await {
+            keys.push(k.expect("scan item"));
+        }
+        keys
+    };
+    if !keys.is_empty() {
+        let _: () = conn.del(keys).await.expect("del");
+    }
+}
+
+/// Wait until `check` holds, polling every 20 ms, failing after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
