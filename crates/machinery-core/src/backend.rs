@@ -16,6 +16,7 @@
 //!   one gets `true`.
 //! - `purge_removes_state_and_group`.
 //! - `results_expire` (capability `expiry`).
+//! - `group_member_done_counts_each_member_once` (`mark_group_member_done` is idempotent).
 
 use std::fmt;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct BackendCapabilities {
     pub keeps_created_at: bool,
     /// `group_states` costs one round trip whatever the group size.
     pub batched_group_states: bool,
+    /// `mark_group_member_done` is O(1) (an atomic set / counter), not the default scan.
+    pub group_completion_counter: bool,
 }
 
 /// A result backend.
@@ -76,6 +79,29 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// [`crate::Error::NotFound`] when the group is unknown.
     async fn trigger_chord(&self, group_uuid: &str) -> Result<bool>;
+
+    /// Record that `task_uuid`, a member of `group_uuid`, reached SUCCESS or FAILURE, and return
+    /// how many distinct members have. Idempotent per member (a redelivered task counts once).
+    /// The worker calls it after storing a member's final state and reads `group_states` only
+    /// when the count reaches the group size, so chord bookkeeping stays linear in the group
+    /// size (Go reads every member's state after each member: quadratic).
+    ///
+    /// The default counts completed states via `group_states` (correct, but O(group size) per
+    /// call); drivers override it with an atomic set and say so with the
+    /// `group_completion_counter` capability.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached; [`crate::Error::NotFound`] when the group is
+    /// unknown.
+    async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
+        let _ = task_uuid;
+        Ok(self
+            .group_states(group_uuid)
+            .await?
+            .iter()
+            .filter(|s| s.is_completed())
+            .count())
+    }
 
     /// Delete a task's state.
     ///

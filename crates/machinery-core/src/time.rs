@@ -12,6 +12,11 @@ pub fn now() -> Timestamp {
     Utc::now().fixed_offset()
 }
 
+/// Now plus `d` (saturating), in UTC.
+pub fn after(d: std::time::Duration) -> Timestamp {
+    now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Go's zero `time.Time`: `0001-01-01T00:00:00Z`.
 pub fn zero() -> Timestamp {
     NaiveDate::from_ymd_opt(1, 1, 1)

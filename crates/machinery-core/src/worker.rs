@@ -526,6 +526,12 @@ impl Runner {
             return Ok(());
         };
         let backend = self.server.backend();
+        let done = backend
+            .mark_group_member_done(&sig.group_uuid, &sig.uuid)
+            .await?;
+        if i64::try_from(done).unwrap_or(i64::MAX) < sig.group_task_count {
+            return Ok(());
+        }
         let states = backend.group_states(&sig.group_uuid).await?;
         if !states.iter().all(TaskState::is_completed) {
             return Ok(());
@@ -578,7 +584,7 @@ fn retry_later_attempts(sig: &Signature) -> u32 {
 }
 
 fn eta_after(d: Duration) -> crate::Timestamp {
-    crate::time::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    crate::time::after(d)
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -1,0 +1,405 @@
+//! `machinery bench`: end-to-end figures for a broker / backend pair. Every run prints what
+//! it measured and the settings, so the line can go straight into BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use machinery::{
+    Backend, Broker, Chord, Config, Error, Group, Result, Server, Signature, TaskState,
+    backend_from_url, broker_from_url, example_tasks, lock_from_url,
+};
+use tokio::sync::{Notify, oneshot};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// One sender and one worker at once: N `add` tasks, send of the first to SUCCESS of the last.
+    E2e,
+    /// Fill the queue with N tasks, then time one worker draining it.
+    Drain,
+    /// N tasks one at a time: send -> result stored, p50 / p99.
+    Latency,
+    /// N tasks all due at the same instant: time from the ETA until all are done.
+    Delayed,
+    /// A chord of N members (and of N/10, N/2 for linearity): send -> callback result.
+    Chord,
+    /// e2e, drain, latency, delayed and chord one after another.
+    All,
+}
+
+/// Options of `machinery bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    kind: Kind,
+    /// Number of tasks (chord: members).
+    #[arg(short = 'n', long, default_value_t = 20_000)]
+    n: usize,
+    /// Worker concurrency.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Publishes in flight on the sender.
+    #[arg(long, default_value_t = 64)]
+    send_concurrency: usize,
+    /// Latency runs (send -> result, one at a time).
+    #[arg(long, default_value_t = 2_000)]
+    latency_n: usize,
+    /// Members of the chord bench.
+    #[arg(long, default_value_t = 10_000)]
+    chord_n: usize,
+    /// Delayed tasks.
+    #[arg(long, default_value_t = 10_000)]
+    delayed_n: usize,
+}
+
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
+
+/// A sender server and a worker server on separate connections (shared instances for memory).
+struct Pair {
+    sender: Server,
+    worker: Server,
+    done: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+    waiters: Waiters,
+}
+
+async fn connections(config: &Config) -> Result<(Arc<dyn Broker>, Arc<dyn Backend>)> {
+    Ok((
+        broker_from_url(&config.broker, config).await?,
+        backend_from_url(&config.result_backend, config).await?,
+    ))
+}
+
+async fn pair(config: &Config) -> Result<Pair> {
+    let (b1, k1) = connections(config).await?;
+    let in_process = |u: &str| u.starts_with("memory") || u == "eager";
+    let b2 = if in_process(&config.broker) {
+        Arc::clone(&b1)
+    } else {
+        broker_from_url(&config.broker, config).await?
+    };
+    let k2 = if in_process(&config.result_backend) {
+        Arc::clone(&k1)
+    } else {
+        backend_from_url(&config.result_backend, config).await?
+    };
+    let sender = Server::new(config.clone(), b1, k1);
+    let worker = Server::new(config.clone(), b2, k2);
+    worker.set_lock(lock_from_url("", config).await?);
+    example_tasks::register(&worker)?;
+    Ok(Pair {
+        sender,
+        worker,
+        done: Arc::new(AtomicUsize::new(0)),
+        notify: Arc::new(Notify::new()),
+        waiters: Arc::new(Mutex::new(HashMap::new())),
+    })
+}
+
+impl Pair {
+    fn launch(&self, concurrency: usize) -> machinery::WorkerHandle {
+        let mut w = self
+            .worker
+            .new_worker("bench", concurrency)
+            .no_unix_signals();
+        let done = Arc::clone(&self.done);
+        let notify = Arc::clone(&self.notify);
+        let waiters = Arc::clone(&self.waiters);
+        w.set_post_task_handler(move |sig: &Signature, _state: &TaskState| {
+            done.fetch_add(1, Ordering::SeqCst);
+            notify.notify_waiters();
+            if let Some(tx) = waiters.lock().expect("waiters").remove(&sig.uuid) {
+                let _ = tx.send(Instant::now());
+            }
+        });
+        w.launch()
+    }
+
+    async fn wait_done(&self, target: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            if self.done.load(Ordering::SeqCst) >= target {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout(timeout));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    async fn send_many(&self, sigs: Vec<Signature>, in_flight: usize) -> Result<()> {
+        send_all(&self.sender, sigs, in_flight).await
+    }
+}
+
+async fn send_all(server: &Server, sigs: Vec<Signature>, in_flight: usize) -> Result<()> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for sig in sigs {
+        let permit = Arc::clone(&sem)
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let server = server.clone();
+        set.spawn(async move {
+            let r = server.send_task(sig).await.map(drop);
+            drop(permit);
+            r
+        });
+        while let Some(r) = set.try_join_next() {
+            r.expect("send task panicked")?;
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("send task panicked")?;
+    }
+    Ok(())
+}
+
+fn adds(n: usize) -> Vec<Signature> {
+    (0..n)
+        .map(|i| Signature::new("add").arg(i as i64).arg(1i64))
+        .collect()
+}
+
+fn header(config: &Config, args: &BenchArgs) {
+    println!(
+        "# broker {} | backend {} | worker concurrency {} | send concurrency {} | {} cores",
+        machinery::redact_url(&config.broker),
+        machinery::redact_url(&config.result_backend),
+        args.concurrency,
+        args.send_concurrency,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+}
+
+/// Run the chosen benchmark(s).
+///
+/// # Errors
+/// Connection errors, timeouts, or a wrong result.
+pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
+    config.no_unix_signals = true;
+    // A fresh queue per run so old messages never skew a figure.
+    config.default_queue = format!("{}_bench_{}", config.default_queue, std::process::id());
+    header(&config, args);
+    let kinds = match args.kind {
+        Kind::All => vec![
+            Kind::E2e,
+            Kind::Drain,
+            Kind::Latency,
+            Kind::Delayed,
+            Kind::Chord,
+        ],
+        k => vec![k],
+    };
+    for k in kinds {
+        match k {
+            Kind::E2e => e2e(&config, args).await?,
+            Kind::Drain => drain(&config, args).await?,
+            Kind::Latency => latency(&config, args).await?,
+            Kind::Delayed => delayed(&config, args).await?,
+            Kind::Chord => chord(&config, args).await?,
+            Kind::All => unreachable!("expanded above"),
+        }
+    }
+    Ok(())
+}
+
+async fn verify_sample(server: &Server, uuids: &[String]) -> Result<()> {
+    for uuid in uuids {
+        let st = server
+            .backend()
+            .state(uuid)
+            .await?
+            .ok_or_else(|| Error::NotFound(uuid.clone()))?;
+        if !st.is_success() {
+            return Err(Error::TaskFailed(format!("{uuid} ended {}", st.state)));
+        }
+    }
+    Ok(())
+}
+
+fn sample_uuids(sigs: &[Signature]) -> Vec<String> {
+    let step = (sigs.len() / 50).max(1);
+    sigs.iter().step_by(step).map(|s| s.uuid.clone()).collect()
+}
+
+async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
+    let p = pair(config).await?;
+    let w = p.launch(args.concurrency);
+    let sigs = adds(args.n);
+    let sample = sample_uuids(&sigs);
+    let start = Instant::now();
+    p.send_many(sigs, args.send_concurrency).await?;
+    let sent = start.elapsed();
+    p.wait_done(args.n, Duration::from_secs(600)).await?;
+    let total = start.elapsed();
+    w.quit();
+    w.join().await?;
+    verify_sample(&p.sender, &sample).await?;
+    println!(
+        "e2e: {} tasks sent and completed (PENDING, RECEIVED, STARTED, SUCCESS stored) in {:.3} s = {:.0} tasks/s (sending alone took {:.3} s = {:.0} tasks/s)",
+        args.n,
+        total.as_secs_f64(),
+        args.n as f64 / total.as_secs_f64(),
+        sent.as_secs_f64(),
+        args.n as f64 / sent.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn drain(config: &Config, args: &BenchArgs) -> Result<()> {
+    let mut config = config.clone();
+    config.default_queue.push_str("_drain");
+    let p = pair(&config).await?;
+    let sigs = adds(args.n);
+    let sample = sample_uuids(&sigs);
+    p.send_many(sigs, args.send_concurrency).await?;
+    let start = Instant::now();
+    let w = p.launch(args.concurrency);
+    p.wait_done(args.n, Duration::from_secs(600)).await?;
+    let total = start.elapsed();
+    w.quit();
+    w.join().await?;
+    verify_sample(&p.sender, &sample).await?;
+    println!(
+        "drain: {} queued tasks processed in {:.3} s = {:.0} tasks/s",
+        args.n,
+        total.as_secs_f64(),
+        args.n as f64 / total.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn latency(config: &Config, args: &BenchArgs) -> Result<()> {
+    let mut config = config.clone();
+    config.default_queue.push_str("_latency");
+    let p = pair(&config).await?;
+    let w = p.launch(args.concurrency);
+    let mut samples = Vec::with_capacity(args.latency_n);
+    // Warm up connections and code paths.
+    for i in 0..(args.latency_n / 10).max(10) {
+        one_round_trip(&p, i).await?;
+    }
+    for i in 0..args.latency_n {
+        samples.push(one_round_trip(&p, i).await?);
+    }
+    w.quit();
+    w.join().await?;
+    samples.sort();
+    println!(
+        "latency: {} round trips (send -> SUCCESS stored -> read back), p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        samples.len(),
+        percentile(&samples, 0.50).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn one_round_trip(p: &Pair, i: usize) -> Result<Duration> {
+    let sig = Signature::new("add").arg(i as i64).arg(1i64);
+    let (tx, rx) = oneshot::channel();
+    p.waiters
+        .lock()
+        .expect("waiters")
+        .insert(sig.uuid.clone(), tx);
+    let start = Instant::now();
+    let r = p.sender.send_task(sig).await?;
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| Error::Timeout(Duration::from_secs(30)))?
+        .map_err(|_| Error::Closed("worker"))?;
+    // The worker says it is stored; read it back as a client would.
+    let st = r.state().await?;
+    let took = start.elapsed();
+    if !st.is_success() {
+        return Err(Error::TaskFailed(format!(
+            "{} ended {}",
+            st.task_uuid, st.state
+        )));
+    }
+    Ok(took)
+}
+
+async fn delayed(config: &Config, args: &BenchArgs) -> Result<()> {
+    let mut config = config.clone();
+    config.default_queue.push_str("_delayed");
+    let p = pair(&config).await?;
+    let w = p.launch(args.concurrency);
+    let n = args.delayed_n;
+    // Leave enough time to publish everything before it is due.
+    let lead = Duration::from_secs(3) + Duration::from_micros(200 * n as u64);
+    let eta = machinery::time::after(lead);
+    let due = Instant::now() + lead;
+    let sigs: Vec<Signature> = adds(n).into_iter().map(|s| s.eta(eta)).collect();
+    let sample = sample_uuids(&sigs);
+    p.send_many(sigs, args.send_concurrency).await?;
+    if Instant::now() > due {
+        return Err(Error::Timeout(lead));
+    }
+    let early = p.done.load(Ordering::SeqCst);
+    p.wait_done(n, lead + Duration::from_secs(600)).await?;
+    let after_due = Instant::now().saturating_duration_since(due);
+    w.quit();
+    w.join().await?;
+    verify_sample(&p.sender, &sample).await?;
+    println!(
+        "delayed: {n} tasks due at the same instant, all done {:.3} s after their ETA ({early} ran early)",
+        after_due.as_secs_f64()
+    );
+    if early > 0 {
+        return Err(Error::TaskFailed(format!(
+            "{early} delayed tasks ran before their ETA"
+        )));
+    }
+    Ok(())
+}
+
+async fn chord(config: &Config, args: &BenchArgs) -> Result<()> {
+    let mut sizes = vec![args.chord_n / 10, args.chord_n / 2, args.chord_n];
+    sizes.retain(|n| *n > 0);
+    sizes.dedup();
+    for n in sizes {
+        let mut config = config.clone();
+        config.default_queue.push_str(&format!("_chord{n}"));
+        let p = pair(&config).await?;
+        let w = p.launch(args.concurrency);
+        let members: Vec<Signature> = (0..n).map(|_| Signature::new("add").arg(1i64)).collect();
+        let chord = Chord::new(Group::new(members), Signature::new("add"));
+        let start = Instant::now();
+        let r = p.sender.send_chord(chord, args.send_concurrency).await?;
+        let sent = start.elapsed();
+        let sum: i64 = r.callback.get_as(Duration::from_secs(600)).await?;
+        let total = start.elapsed();
+        w.quit();
+        w.join().await?;
+        if sum != n as i64 {
+            return Err(Error::TaskFailed(format!(
+                "chord callback summed {sum}, expected {n}"
+            )));
+        }
+        println!(
+            "chord: {n} members -> callback in {:.3} s ({:.3} ms per 1000 members; sending took {:.3} s)",
+            total.as_secs_f64(),
+            total.as_secs_f64() * 1e3 / (n as f64 / 1000.0),
+            sent.as_secs_f64()
+        );
+    }
+    Ok(())
+}
