@@ -83,3 +83,86 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A redis-server this test started; killed (SIGKILL, by PID) when dropped.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    args: Vec<String>,
+    /// Where it is reachable, as a URL.
+    pub url: String,
+    /// Its working directory.
+    pub dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    /// Start `redis-server` with `args` (plus no persistence, in a fresh directory) and wait
+    /// until `url` answers PING.
+    pub async fn start(url: &str, args: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(namespace());
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut server = RedisServer {
+            child: None,
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            url: url.to_owned(),
+            dir,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Start it again (after [`RedisServer::kill`]).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new("redis-server")
+            .args(&self.args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(client) = redis::Client::open(self.url.as_str()) {
+                if let Ok(Ok(mut c)) = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    client.get_multiplexed_async_connection(),
+                )
+                .await
+                {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut c).await;
+                    if pong.is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server at {} did not start",
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL it by PID and wait for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

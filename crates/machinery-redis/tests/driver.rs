@@ -1,0 +1,540 @@
+//! Redis-specific behaviour beyond the shared suite: crash recovery, server restarts, dead
+//! letters, prefetch, delayed-task sweeps, the lock, and the connection forms. Needs
+//! `MACHINERY_TEST_REDIS_URL`; the restart, socket and TLS tests start their own
+//! `redis-server` on other ports.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use machinery_core::{
+    Backend, Broker, ConsumeOptions, DeliveryStream, Lock, Payload, Signature, State, TaskState,
+};
+use machinery_redis::{RedisBackend, RedisBroker, RedisConfig, RedisLock};
+use redis::AsyncCommands;
+
+fn opts(prefetch: u16) -> ConsumeOptions {
+    ConsumeOptions {
+        prefetch,
+        ..ConsumeOptions::default()
+    }
+}
+
+fn task(queue: &str, n: usize) -> Signature {
+    Signature::new("test.add")
+        .routing_key(queue)
+        .arg(n as i64)
+        .arg(1_i64)
+}
+
+async fn next_task(stream: &mut DeliveryStream, within: Duration) -> machinery_core::Delivery {
+    loop {
+        let item = tokio::time::timeout(within, stream.next())
+            .await
+            .expect("a delivery in time")
+            .expect("stream open");
+        match item {
+            Ok(d) => return d,
+            Err(e) => eprintln!("stream reported: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_clear_error_without_the_password() {
+    let url = "redis://:supersecret@127.0.0.1:1/0";
+    let err = RedisBroker::from_url(url)
+        .await
+        .expect_err("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("supersecret"), "{text}");
+    assert!(err.is_temporary());
+    let err = RedisBackend::from_url(url).await.expect_err("backend too");
+    assert!(err.to_string().contains("127.0.0.1:1"));
+    assert!(!format!("{err:?}").contains("supersecret"));
+    let err = RedisBroker::from_url("redis://h1:1,h2:2")
+        .await
+        .expect_err("cluster");
+    assert!(
+        matches!(err, machinery_core::Error::Unsupported { .. }),
+        "{err}"
+    );
+    let err = RedisBroker::from_url("amqp://h").await.expect_err("scheme");
+    assert!(matches!(err, machinery_core::Error::Config { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn malformed_messages_are_dead_lettered_and_the_consumer_keeps_going() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let mut raw = common::raw(&url).await;
+    let garbage: &[u8] = b"{not json";
+    let array: &[u8] = b"[1,2,3]";
+    let binary: &[u8] = &[0xff, 0x00, 0xfe];
+    for body in [garbage, array, binary] {
+        let _: () = raw.rpush(&queue, body).await.unwrap();
+    }
+    let good = task(&queue, 1);
+    broker.publish(&good).await.unwrap();
+
+    let mut stream = broker.consume(&queue, opts(2)).await.unwrap();
+    for body in [garbage, array, binary] {
+        let d = next_task(&mut stream, Duration::from_secs(5)).await;
+        let Payload::Malformed { raw: got, reason } = &d.payload else {
+            panic!("expected a malformed delivery, got {:?}", d.payload);
+        };
+        assert_eq!(got, body);
+        let reason = format!("not a signature: {reason}");
+        d.dead_letter(reason).await.expect("dead-letter");
+    }
+    let d = next_task(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(d.signature().expect("a task").uuid, good.uuid);
+    d.ack().await.unwrap();
+    let after = task(&queue, 2);
+    broker.publish(&after).await.unwrap();
+    let d = next_task(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(d.signature().unwrap().uuid, after.uuid, "still consuming");
+    d.ack().await.unwrap();
+
+    let dead = broker.dead_letters(&queue).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    for (entry, body) in dead.iter().zip([garbage, array, binary]) {
+        assert_eq!(entry.body, body);
+        assert!(
+            entry.reason.starts_with("not a signature: "),
+            "{}",
+            entry.reason
+        );
+    }
+    // The stored entry format (documented in the README).
+    let stored: Vec<String> = raw.lrange(format!("{queue}.dead"), 0, 0).await.unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&stored[0]).unwrap();
+    assert_eq!(entry["queue"], queue.as_str());
+    assert_eq!(entry["body"], "{not json");
+    assert!(entry["dead_at"].as_str().unwrap().ends_with('Z'));
+    assert!(entry["consumer"].as_str().unwrap().contains(':'));
+    let stored: Vec<String> = raw.lrange(format!("{queue}.dead"), 2, 2).await.unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&stored[0]).unwrap();
+    assert_eq!(entry["body_base64"], "/wD+");
+    let pending: usize = raw.llen(&queue).await.unwrap();
+    assert_eq!(pending, 0);
+    drop(stream);
+    broker.close().await.unwrap();
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test]
+async fn prefetch_bounds_what_a_consumer_holds() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let mut raw = common::raw(&url).await;
+    for n in 0..50 {
+        broker.publish(&task(&queue, n)).await.unwrap();
+    }
+    let mut stream = broker.consume(&queue, opts(5)).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next_task(&mut stream, Duration::from_secs(5)).await);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.next())
+            .await
+            .is_err(),
+        "a sixth delivery before any ack"
+    );
+    let lists = processing_lists(&mut raw, &queue).await;
+    assert_eq!(lists.iter().map(|(_, n)| n).sum::<usize>(), 5, "{lists:?}");
+    let left: usize = raw.llen(&queue).await.unwrap();
+    assert_eq!(left, 45);
+    held.remove(0).ack().await.unwrap();
+    held.push(next_task(&mut stream, Duration::from_secs(5)).await);
+    for d in held {
+        d.ack().await.unwrap();
+    }
+    drop(stream);
+    broker.close().await.unwrap();
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+async fn processing_lists(
+    raw: &mut redis::aio::MultiplexedConnection,
+    queue: &str,
+) -> Vec<(String, usize)> {
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<'_, String> = raw
+            .scan_match(format!("{queue}.processing.*"))
+            .await
+            .unwrap();
+        let mut keys = Vec::new();
+        while let Some(k) = iter.next_item().await {
+            keys.push(k.unwrap());
+        }
+        keys
+    };
+    let mut out = Vec::new();
+    for k in keys {
+        let n: usize = raw.llen(&k).await.unwrap();
+        out.push((k, n));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_dead_consumers_messages_return_to_the_head_of_the_queue() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let mut raw = common::raw(&url).await;
+    // A consumer that died holding two messages: registered with an ended lease.
+    let dead_id = "deadhost:1:0000000000000000";
+    let held = [task(&queue, 1), task(&queue, 2)];
+    for sig in &held {
+        let _: () = raw
+            .rpush(
+                format!("{queue}.processing.{dead_id}"),
+                sig.to_json().unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let _: () = raw
+        .zadd(format!("{queue}.consumers"), dead_id, 1)
+        .await
+        .unwrap();
+    let waiting = task(&queue, 3);
+    let _: () = raw.rpush(&queue, waiting.to_json().unwrap()).await.unwrap();
+
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let mut stream = broker.consume(&queue, opts(1)).await.unwrap();
+    for want in held.iter().chain([&waiting]) {
+        let d = next_task(&mut stream, Duration::from_secs(5)).await;
+        assert_eq!(
+            d.signature().unwrap().uuid,
+            want.uuid,
+            "recovered first, in order"
+        );
+        d.ack().await.unwrap();
+    }
+    let registered: Vec<String> = raw
+        .zrange(format!("{queue}.consumers"), 0, -1)
+        .await
+        .unwrap();
+    assert!(!registered.iter().any(|id| id == dead_id), "{registered:?}");
+    drop(stream);
+    broker.close().await.unwrap();
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+const CRASH_CHILD_VAR: &str = "MACHINERY_REDIS_CRASH_CHILD";
+
+/// Runs only as the child process of `killed_consumer_loses_nothing` (otherwise it returns
+/// at once): takes five messages without acking them, then waits to be killed.
+#[tokio::test]
+async fn helper_process_for_the_crash_test() {
+    let Ok(spec) = std::env::var(CRASH_CHILD_VAR) else {
+        return;
+    };
+    let (url, ns) = spec.split_once(' ').expect("url and namespace");
+    let config = common::config(url, ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let mut stream = broker.consume(&queue, opts(5)).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next_task(&mut stream, Duration::from_secs(10)).await);
+    }
+    println!("holding 5");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    unreachable!("the parent kills this process");
+}
+
+#[tokio::test]
+async fn killed_consumer_loses_nothing() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config.clone()).await.expect("connect");
+    let mut raw = common::raw(&url).await;
+    let sent: Vec<Signature> = (0..20).map(|n| task(&queue, n)).collect();
+    for sig in &sent {
+        broker.publish(sig).await.unwrap();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_process_for_the_crash_test",
+            "--nocapture",
+        ])
+        .env(CRASH_CHILD_VAR, format!("{url} {ns}"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the child consumer");
+    let start = Instant::now();
+    loop {
+        let held: usize = processing_lists(&mut raw, &queue)
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
+        if held == 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "child never took 5"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("kill -9 the child");
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+
+    let mut stream = broker.consume(&queue, opts(4)).await.unwrap();
+    let mut seen = HashSet::new();
+    while seen.len() < sent.len() {
+        let d = next_task(&mut stream, Duration::from_secs(10)).await;
+        seen.insert(d.signature().unwrap().uuid.clone());
+        d.ack().await.unwrap();
+    }
+    let recovered_after = killed_at.elapsed();
+    let want: HashSet<String> = sent.iter().map(|s| s.uuid.clone()).collect();
+    assert_eq!(seen, want);
+    // Lease 1 s + one check interval, with margin.
+    assert!(
+        recovered_after < Duration::from_secs(4),
+        "{recovered_after:?}"
+    );
+    let lists = processing_lists(&mut raw, &queue).await;
+    assert!(lists.iter().all(|(_, n)| *n == 0), "{lists:?}");
+    drop(stream);
+    broker.close().await.unwrap();
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_sweep_moves_every_due_task_once_with_racing_movers() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let mut raw = common::raw(&url).await;
+    const N: usize = 10_000;
+    let past = machinery_core::time::now() - chrono::Duration::seconds(1);
+    let mut pipe = redis::pipe();
+    let mut want = HashSet::new();
+    for n in 0..N {
+        let sig = task(&queue, n).eta(past);
+        want.insert(sig.uuid.clone());
+        pipe.zadd(
+            &config.delayed_tasks_key,
+            sig.to_json().unwrap(),
+            machinery_core::time::unix_nanos(&past),
+        )
+        .ignore();
+    }
+    let _: () = pipe.query_async(&mut raw).await.unwrap();
+    // Not yet due: one in the future stays.
+    let future = task(&queue, N).delay(Duration::from_secs(3600));
+    let brokers = futures::future::try_join_all((0..3).map(|_| {
+        RedisBroker::connect(RedisConfig {
+            delayed_tasks_poll_period: 3_600_000,
+            ..config.clone()
+        })
+    }))
+    .await
+    .unwrap();
+    brokers[0].publish(&future).await.unwrap();
+    let start = Instant::now();
+    let moved = futures::future::try_join_all(brokers.iter().map(|b| b.move_due_delayed_tasks()))
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    println!("moved {N} due delayed tasks in {took:?} ({moved:?} per mover)");
+    assert_eq!(moved.iter().sum::<usize>(), N);
+    let listed: Vec<Vec<u8>> = raw.lrange(&queue, 0, -1).await.unwrap();
+    assert_eq!(listed.len(), N);
+    let got: HashSet<String> = listed
+        .iter()
+        .map(|b| Signature::from_json(b).unwrap().uuid)
+        .collect();
+    assert_eq!(got, want, "each exactly once");
+    let delayed = brokers[0].delayed_tasks().await.unwrap();
+    assert_eq!(delayed, vec![future]);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    for b in &brokers {
+        b.close().await.unwrap();
+    }
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test]
+async fn requeue_with_delay_goes_back_to_the_consumed_queue() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let other_queue = format!("{ns}_other");
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let mut raw = common::raw(&url).await;
+    // A foreign message without a routing key, in a queue that is not the default one.
+    let mut sig = task("", 1);
+    sig.routing_key.clear();
+    let _: () = raw
+        .rpush(&other_queue, sig.to_json().unwrap())
+        .await
+        .unwrap();
+    let mut stream = broker.consume(&other_queue, opts(1)).await.unwrap();
+    let d = next_task(&mut stream, Duration::from_secs(5)).await;
+    let start = Instant::now();
+    d.requeue(Some(Duration::from_millis(300))).await.unwrap();
+    let d = next_task(&mut stream, Duration::from_secs(5)).await;
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    let got = d.signature().unwrap();
+    assert_eq!(got.uuid, sig.uuid);
+    assert_eq!(got.routing_key, other_queue);
+    d.ack().await.unwrap();
+    drop(stream);
+    broker.close().await.unwrap();
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test]
+async fn lock_follows_gos_scheme_and_take_over_rule() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let lock = RedisLock::connect(common::config(&url, &ns)).await.unwrap();
+    let mut raw = common::raw(&url).await;
+    let key = format!("{ns}machinery_lock_binaryperiodic.task*/5 * * * *");
+    let now = machinery_core::time::unix_nanos(&machinery_core::time::now());
+    let deadline = now + 2_000_000_000 - 1;
+    assert!(lock.try_lock(&key, deadline).await.unwrap());
+    assert!(!lock.try_lock(&key, deadline).await.unwrap(), "held");
+    let stored: String = raw.get(&key).await.unwrap();
+    assert_eq!(stored, deadline.to_string());
+    let pttl: i64 = raw.pttl(&key).await.unwrap();
+    assert!((1..=2000).contains(&pttl), "{pttl}");
+    // A stale key without expiry (left by a crashed Go server) is taken over.
+    let _: () = raw
+        .set(&key, (now - 1_000_000_000).to_string())
+        .await
+        .unwrap();
+    assert!(lock.try_lock(&key, deadline).await.unwrap());
+    let stored: String = raw.get(&key).await.unwrap();
+    assert_eq!(stored, deadline.to_string());
+    // Go never takes over a zero deadline.
+    let _: () = raw.set(&key, "0").await.unwrap();
+    assert!(!lock.try_lock(&key, deadline).await.unwrap());
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_and_publisher_recover_after_a_redis_restart() {
+    if common::url().is_none() {
+        return;
+    }
+    let port = 6391;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut server = common::RedisServer::start(&url, &["--port", &port.to_string()]).await;
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let backend = broker.backend();
+    let mut stream = broker.consume(&queue, opts(2)).await.unwrap();
+    let first = task(&queue, 1);
+    broker.publish(&first).await.unwrap();
+    let d = next_task(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(d.signature().unwrap().uuid, first.uuid);
+    d.ack().await.unwrap();
+
+    server.kill();
+    // While the server is down the stream reports errors, one per back-off step at most.
+    let start = Instant::now();
+    let mut errors = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+            Ok(Some(Err(_))) => errors += 1,
+            Ok(Some(Ok(d))) => panic!("delivery while redis is down: {d:?}"),
+            Ok(None) => panic!("the stream ended"),
+            Err(_) => {}
+        }
+    }
+    assert!((1..=10).contains(&errors), "{errors} errors in 3 s");
+    assert!(broker.publish(&task(&queue, 2)).await.is_err());
+
+    server.restart().await;
+    // The publisher recovers by itself (no new broker).
+    let second = task(&queue, 3);
+    let start = Instant::now();
+    loop {
+        match broker.publish(&second).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(15), "publish: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // And so does the consumer.
+    let d = next_task(&mut stream, Duration::from_secs(15)).await;
+    assert_eq!(d.signature().unwrap().uuid, second.uuid);
+    d.ack().await.unwrap();
+    // The backend shares the connection and works again too.
+    let state = TaskState::new(&second, State::Success);
+    backend.set_state(&state).await.unwrap();
+    assert_eq!(
+        backend.state(&second.uuid).await.unwrap().unwrap().state,
+        State::Success
+    );
+    drop(stream);
+    broker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unix_socket_url_works() {
+    if common::url().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(common::namespace());
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("redis.sock");
+    let probe = format!("redis+unix://{}?pass=sockpw", sock.display());
+    let _server = common::RedisServer::start(
+        &probe,
+        &[
+            "--port",
+            "0",
+            "--unixsocket",
+            sock.to_str().unwrap(),
+            "--requirepass",
+            "sockpw",
+        ],
+    )
+    .await;
+    let ns = common::namespace();
+    let url = format!("redis+socket://sockpw@{}:/3", sock.display());
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config)
+        .await
+        .expect("connect over the socket");
+    let mut stream = broker.consume(&queue, opts(1)).await.unwrap();
+    let sig = task(&queue, 7);
+    broker.publish(&sig).await.unwrap();
+    let d = next_task(&mut stream, Duration::from_secs(5)).await;
+    assert_eq!(d.signature().unwrap().uuid, sig.uuid);
+    d.ack().await.unwrap();
+    drop(stream);
+    broker.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
