@@ -1,0 +1,483 @@
+//! Worker and server behaviours on the memory drivers: state order, workflows, error paths,
+//! concurrency, hooks, periodic tasks.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use machinery_core::{
+    Backend, BackendCapabilities, Chord, Config, Error, Group, MemoryBackend, MemoryBroker,
+    MemoryLock, Result, Server, Signature, State, TaskContext, TaskError, TaskOptions, TaskState,
+    Variadic, async_trait,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Delegates to a MemoryBackend and records every state written, in order.
+#[derive(Debug, Default)]
+struct Recording {
+    inner: MemoryBackend,
+    log: Mutex<Vec<(String, State)>>,
+}
+
+impl Recording {
+    fn states_of(&self, uuid: &str) -> Vec<State> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| u == uuid)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Backend for Recording {
+    fn driver(&self) -> &'static str {
+        "recording"
+    }
+    fn capabilities(&self) -> BackendCapabilities {
+        self.inner.capabilities()
+    }
+    async fn set_state(&self, state: &TaskState) -> Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((state.task_uuid.clone(), state.state));
+        self.inner.set_state(state).await
+    }
+    async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {
+        self.inner.state(task_uuid).await
+    }
+    async fn init_group(&self, group_uuid: &str, task_uuids: &[String]) -> Result<()> {
+        self.inner.init_group(group_uuid, task_uuids).await
+    }
+    async fn group_states(&self, group_uuid: &str) -> Result<Vec<TaskState>> {
+        self.inner.group_states(group_uuid).await
+    }
+    async fn trigger_chord(&self, group_uuid: &str) -> Result<bool> {
+        self.inner.trigger_chord(group_uuid).await
+    }
+    async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
+        self.inner
+            .mark_group_member_done(group_uuid, task_uuid)
+            .await
+    }
+    async fn purge_state(&self, task_uuid: &str) -> Result<()> {
+        self.inner.purge_state(task_uuid).await
+    }
+    async fn purge_group(&self, group_uuid: &str) -> Result<()> {
+        self.inner.purge_group(group_uuid).await
+    }
+}
+
+fn config() -> Config {
+    let mut c = Config {
+        no_unix_signals: true,
+        ..Config::default()
+    };
+    c.worker.unknown_task_delay_ms = 300;
+    c
+}
+
+async fn add(Variadic(v): Variadic<i64>) -> std::result::Result<i64, TaskError> {
+    Ok(v.iter().sum())
+}
+
+fn setup() -> (Server, Arc<Recording>, MemoryBroker) {
+    let backend = Arc::new(Recording::default());
+    let broker = MemoryBroker::new();
+    let server = Server::new(
+        config(),
+        broker.clone(),
+        Arc::clone(&backend) as Arc<dyn Backend>,
+    );
+    server.register_task("add", add).unwrap();
+    (server, backend, broker)
+}
+
+#[tokio::test]
+async fn states_follow_gos_order() {
+    let (server, rec, _) = setup();
+    let w = server.new_worker("t", 1).launch();
+    let r = server
+        .send_task(Signature::new("add").arg(1i64).arg(2i64))
+        .await
+        .unwrap();
+    assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 3);
+    assert_eq!(
+        rec.states_of(r.uuid()),
+        vec![
+            State::Pending,
+            State::Received,
+            State::Started,
+            State::Success
+        ]
+    );
+    // Wrong argument types: RECEIVED then FAILURE with no STARTED (as Go), naming both types.
+    let r = server
+        .send_task(Signature::new("add").arg("x"))
+        .await
+        .unwrap();
+    let err = r
+        .get_with_timeout(WAIT, Duration::from_millis(2))
+        .await
+        .unwrap_err();
+    let Error::TaskFailed(msg) = err else {
+        panic!("{err:?}")
+    };
+    assert!(msg.contains("string") && msg.contains("i64"), "{msg}");
+    assert_eq!(
+        rec.states_of(r.uuid()),
+        vec![State::Pending, State::Received, State::Failure]
+    );
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn immutable_parent_does_not_pass_results() {
+    let (server, _, _) = setup();
+    let w = server.new_worker("t", 1).launch();
+    let child = Signature::new("add").arg(10i64);
+    let child_uuid = child.uuid.clone();
+    let parent = Signature::new("add")
+        .arg(1i64)
+        .arg(1i64)
+        .on_success(child.clone())
+        .immutable(true);
+    server.send_task(parent).await.unwrap();
+    let child_result = machinery_core::AsyncResult::new(child, Arc::clone(server.backend()));
+    assert_eq!(child_result.get_as::<i64>(WAIT).await.unwrap(), 10);
+    assert!(child_uuid.starts_with("task_"));
+    // Mutable parent: the child gets 2 appended.
+    let child = Signature::new("add").arg(10i64);
+    let parent = Signature::new("add")
+        .arg(1i64)
+        .arg(1i64)
+        .on_success(child.clone());
+    server.send_task(parent).await.unwrap();
+    let child_result = machinery_core::AsyncResult::new(child, Arc::clone(server.backend()));
+    assert_eq!(child_result.get_as::<i64>(WAIT).await.unwrap(), 12);
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn on_error_gets_the_error_prepended() {
+    let (server, _, _) = setup();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let s2 = Arc::clone(&seen);
+    server
+        .register_task("fail", |n: i64| async move {
+            Err::<(), _>(TaskError::failed(format!("boom [{n}]")))
+        })
+        .unwrap();
+    server
+        .register_task("record", move |msg: String, suffix: String| {
+            let s = Arc::clone(&s2);
+            async move {
+                s.lock().unwrap().push(format!("{msg}{suffix}"));
+                Ok::<_, TaskError>(())
+            }
+        })
+        .unwrap();
+    let w = server.new_worker("t", 1).launch();
+    let handler = Signature::new("record").arg("!");
+    server
+        .send_task(Signature::new("fail").arg(7i64).on_error(handler.clone()))
+        .await
+        .unwrap();
+    let r = machinery_core::AsyncResult::new(handler, Arc::clone(server.backend()));
+    r.get_with_timeout(WAIT, Duration::from_millis(2))
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec!["boom [7]!".to_owned()]);
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_task_is_requeued_without_spinning() {
+    let (server, rec, broker) = setup();
+    let pulls = Arc::new(AtomicUsize::new(0));
+    let p2 = Arc::clone(&pulls);
+    let mut worker = server.new_worker("t", 4);
+    worker.set_pre_consume_handler(move || {
+        p2.fetch_add(1, Ordering::SeqCst);
+        true
+    });
+    let w = worker.launch();
+    let r = server
+        .send_task(Signature::new("nobody_knows"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // With a 300 ms requeue delay, 1.5 s allows about 5 attempts, not thousands.
+    let n = pulls.load(Ordering::SeqCst);
+    assert!(n <= 15, "{n} pulls in 1.5 s: the worker spins");
+    assert!(n >= 2, "{n} pulls: the message was not offered again");
+    assert_eq!(r.state().await.unwrap().state, State::Pending);
+    assert_eq!(rec.states_of(r.uuid()), vec![State::Pending]);
+    w.quit();
+    w.join().await.unwrap();
+    // Not lost: still in the broker (ready or delayed).
+    let pending = machinery_core::Broker::pending_tasks(&broker, "machinery_tasks")
+        .await
+        .unwrap();
+    let delayed = machinery_core::Broker::delayed_tasks(&broker)
+        .await
+        .unwrap();
+    assert_eq!(pending.len() + delayed.len(), 1);
+}
+
+#[tokio::test]
+async fn ignore_when_not_registered_drops_the_message() {
+    let (server, _, broker) = setup();
+    let w = server.new_worker("t", 1).launch();
+    let r = server
+        .send_task(Signature::new("nobody_knows").ignore_when_not_registered(true))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while broker.ready_len("machinery_tasks") > 0 || broker.unacked_len() > 0 {
+        assert!(Instant::now() < deadline, "message never taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(broker.ready_len("machinery_tasks"), 0);
+    assert_eq!(r.state().await.unwrap().state, State::Pending);
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_message_is_dead_lettered_and_worker_keeps_going() {
+    let (server, _, broker) = setup();
+    let w = server.new_worker("t", 1).launch();
+    broker.inject_raw("machinery_tasks", b"{not json").unwrap();
+    broker.inject_raw("machinery_tasks", b"[1,2,3]").unwrap();
+    let r = server
+        .send_task(Signature::new("add").arg(2i64).arg(2i64))
+        .await
+        .unwrap();
+    assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 4);
+    let dead = broker.dead_letters("machinery_tasks");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].body, b"{not json");
+    assert!(!dead[0].reason.is_empty());
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn time_limit_fails_the_task() {
+    let (server, _, _) = setup();
+    server
+        .register_task_with(
+            "slow",
+            |ctx: TaskContext| async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => Ok::<_, TaskError>(()),
+                    _ = ctx.cancellation().cancelled() => Err(TaskError::fatal("cancelled")),
+                }
+            },
+            TaskOptions::with_timeout(Duration::from_millis(100)),
+        )
+        .unwrap();
+    let w = server.new_worker("t", 1).launch();
+    let start = Instant::now();
+    let r = server.send_task(Signature::new("slow")).await.unwrap();
+    let err = r
+        .get_with_timeout(WAIT, Duration::from_millis(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed(m) if m.contains("timed out")),
+        "{err:?}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn retry_later_is_capped() {
+    let mut c = config();
+    c.worker.retry_later_max_attempts = 2;
+    let server = Server::new(c, MemoryBroker::new(), MemoryBackend::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = Arc::clone(&calls);
+    server
+        .register_task("never_ready", move || {
+            c2.fetch_add(1, Ordering::SeqCst);
+            async { Err::<(), _>(TaskError::retry_later("not yet", Duration::from_millis(20))) }
+        })
+        .unwrap();
+    let w = server.new_worker("t", 1).launch();
+    let r = server
+        .send_task(Signature::new("never_ready"))
+        .await
+        .unwrap();
+    let err = r
+        .get_with_timeout(WAIT, Duration::from_millis(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed(m) if m.contains("gave up after 2")),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    w.quit();
+    w.join().await.unwrap();
+}
+
+async fn max_parallel(concurrency: usize, tasks: usize) -> usize {
+    let server = Server::new(config(), MemoryBroker::new(), MemoryBackend::new());
+    let now = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let (n2, m2) = (Arc::clone(&now), Arc::clone(&max));
+    server
+        .register_task("busy", move || {
+            let (now, max) = (Arc::clone(&n2), Arc::clone(&m2));
+            async move {
+                let cur = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, TaskError>(())
+            }
+        })
+        .unwrap();
+    let w = server.new_worker("t", concurrency).launch();
+    let mut results = Vec::new();
+    for _ in 0..tasks {
+        results.push(server.send_task(Signature::new("busy")).await.unwrap());
+    }
+    for r in results {
+        r.get_with_timeout(WAIT, Duration::from_millis(5))
+            .await
+            .unwrap();
+    }
+    w.quit();
+    w.join().await.unwrap();
+    max.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_hold() {
+    assert_eq!(max_parallel(1, 4).await, 1);
+    assert_eq!(max_parallel(2, 6).await, 2);
+    assert_eq!(max_parallel(0, 6).await, 6);
+}
+
+#[tokio::test]
+async fn pre_publish_hook_and_trace_headers_reach_the_task() {
+    let (server, _, _) = setup();
+    server.set_pre_publish_handler(|sig| {
+        sig.headers
+            .get_or_insert_with(Default::default)
+            .insert("tenant".into(), "acme".into());
+    });
+    let seen = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let s2 = Arc::clone(&seen);
+    server
+        .register_task("who", move |ctx: TaskContext| {
+            let s = Arc::clone(&s2);
+            async move {
+                let h = ctx.headers().cloned().unwrap_or_default();
+                let tenant = h
+                    .get("tenant")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                let trace = machinery_core::trace_id(Some(&h)).unwrap_or("").to_owned();
+                s.lock().unwrap().push((tenant, trace));
+                Ok::<_, TaskError>(())
+            }
+        })
+        .unwrap();
+    let w = server.new_worker("t", 1).launch();
+    let child = Signature::new("who");
+    let r = server
+        .send_task(Signature::new("who").on_success(child.clone()))
+        .await
+        .unwrap();
+    r.get_with_timeout(WAIT, Duration::from_millis(2))
+        .await
+        .unwrap();
+    machinery_core::AsyncResult::new(child, Arc::clone(server.backend()))
+        .get_with_timeout(WAIT, Duration::from_millis(2))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|(t, _)| t == "acme"), "{seen:?}");
+    assert_eq!(seen[0].1.len(), 32);
+    assert_eq!(seen[0].1, seen[1].1, "the follow-up keeps the trace id");
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chord_fires_exactly_once_with_results_in_group_order() {
+    let (server, _, _) = setup();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r2 = Arc::clone(&runs);
+    server
+        .register_task("collect", move |Variadic(v): Variadic<i64>| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, TaskError>(v) }
+        })
+        .unwrap();
+    let w = server.new_worker("t", 8).launch();
+    let members: Vec<Signature> = (0..60)
+        .map(|i| Signature::new("add").arg(i as i64))
+        .collect();
+    let chord = Chord::new(Group::new(members), Signature::new("collect"));
+    let r = server.send_chord(chord, 0).await.unwrap();
+    let got: Vec<i64> = r.get_as(WAIT).await.unwrap();
+    assert_eq!(got, (0..60).collect::<Vec<i64>>());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_task_sends_once_per_tick_across_servers() {
+    let broker = MemoryBroker::new();
+    let backend = MemoryBackend::new();
+    let lock = Arc::new(MemoryLock::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let s = Server::new(config(), broker.clone(), backend.clone());
+        s.set_lock(Arc::clone(&lock) as Arc<dyn machinery_core::Lock>);
+        servers.push(s);
+    }
+    let r2 = Arc::clone(&runs);
+    servers[0]
+        .register_task("tick", move || {
+            r2.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, TaskError>(()) }
+        })
+        .unwrap();
+    let w = servers[0].new_worker("t", 2).launch();
+    for s in &servers {
+        s.register_periodic_task("@every 300ms", "tick", Signature::new("tick"))
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let n = runs.load(Ordering::SeqCst);
+    // 3 ticks in 1.05 s; two servers, one lock: 3 sends, not 6.
+    assert!((2..=4).contains(&n), "{n} runs");
+    assert!(
+        servers[0]
+            .register_periodic_task("61 * * * *", "bad", Signature::new("tick"))
+            .is_err()
+    );
+    w.quit();
+    w.join().await.unwrap();
+}
