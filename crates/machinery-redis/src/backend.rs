@@ -106,6 +106,23 @@ impl RedisBackend {
     }
 }
 
+/// The keys that count a group's finished members (next to Go's group meta key).
+struct GroupKeys {
+    done: String,
+    members: String,
+    cursor: String,
+}
+
+impl GroupKeys {
+    fn new(group_uuid: &str) -> Self {
+        GroupKeys {
+            done: format!("{group_uuid}.done"),
+            members: format!("{group_uuid}.members"),
+            cursor: format!("{group_uuid}.cursor"),
+        }
+    }
+}
+
 /// The new state's JSON cut around the task name and the creation time, for `SET_STATE`.
 struct StatePieces<'a> {
     head: &'a [u8],
@@ -163,7 +180,7 @@ impl Backend for RedisBackend {
             expiry: true,
             keeps_created_at: true,
             batched_group_states: !self.inner.conn.is_cluster(),
-            group_completion_counter: false,
+            group_completion_counter: !self.inner.conn.is_cluster(),
         }
     }
 
@@ -238,6 +255,27 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
+        let mut conn = self.conn();
+        if conn.is_cluster() {
+            // The bookkeeping keys cannot share the group's hash slot: count the states.
+            let states = self.group_states(group_uuid).await?;
+            return Ok(states.iter().filter(|s| s.is_completed()).count());
+        }
+        let keys = GroupKeys::new(group_uuid);
+        let done: i64 = scripts::MARK_DONE
+            .key(group_uuid)
+            .key(&keys.done)
+            .key(&keys.members)
+            .key(&keys.cursor)
+            .arg(task_uuid)
+            .arg(self.inner.ttl_secs)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| error::map(format!("cannot count the members of {group_uuid}"), e))?;
+        usize::try_from(done).map_err(|_| Error::NotFound(group_uuid.to_owned()))
+    }
+
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
         let mut conn = self.conn();
         conn.del::<_, ()>(task_uuid)
@@ -246,8 +284,10 @@ impl Backend for RedisBackend {
     }
 
     async fn purge_group(&self, group_uuid: &str) -> Result<()> {
+        let keys = GroupKeys::new(group_uuid);
         let mut conn = self.conn();
-        conn.del::<_, ()>(group_uuid)
+        // The cluster client splits a multi-key DEL per slot by itself.
+        conn.del::<_, ()>(&[group_uuid, &keys.done, &keys.members, &keys.cursor][..])
             .await
             .map_err(|e| error::map(format!("cannot delete group {group_uuid}"), e))
     }

@@ -50,6 +50,9 @@ pub struct RedisConfig {
     pub reconnect_max_delay_ms: u64,
     /// Treat a single host as a Redis Cluster node (backend and lock). Default false.
     pub cluster_mode: bool,
+    /// Redis Sentinel master name (Go's `redis.master_name`). Sentinel is not supported yet:
+    /// connecting fails with `Error::Unsupported` when this is set. Default empty.
+    pub master_name: String,
     /// PEM file with the certificate authority to trust for `rediss://` instead of the
     /// system's roots. Default none.
     pub tls_ca_file: Option<PathBuf>,
@@ -71,6 +74,7 @@ impl Default for RedisConfig {
             read_timeout: 15,
             reconnect_max_delay_ms: 5000,
             cluster_mode: false,
+            master_name: String::new(),
             tls_ca_file: None,
         }
     }
@@ -92,6 +96,7 @@ impl fmt::Debug for RedisConfig {
             .field("read_timeout", &self.read_timeout)
             .field("reconnect_max_delay_ms", &self.reconnect_max_delay_ms)
             .field("cluster_mode", &self.cluster_mode)
+            .field("master_name", &self.master_name)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
@@ -103,6 +108,43 @@ impl RedisConfig {
         RedisConfig {
             url: url.into(),
             ..RedisConfig::default()
+        }
+    }
+
+    /// The settings a `machinery_core::Config` (Go's configuration names) gives for `url`:
+    /// `default_queue`, `results_expire_in` and the `redis.*` section. Values that are 0 or
+    /// empty keep this crate's defaults.
+    pub fn from_machinery(url: &str, config: &machinery_core::Config) -> Self {
+        let r = &config.redis;
+        let d = RedisConfig::default();
+        let positive =
+            |v: i64, default: u64| u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(default);
+        RedisConfig {
+            url: url.to_owned(),
+            default_queue: if config.default_queue.is_empty() {
+                d.default_queue.clone()
+            } else {
+                config.default_queue.clone()
+            },
+            results_expire_in: config.results_expire_in,
+            delayed_tasks_key: if r.delayed_tasks_key.is_empty() {
+                d.delayed_tasks_key.clone()
+            } else {
+                r.delayed_tasks_key.clone()
+            },
+            delayed_tasks_poll_period: positive(
+                r.delayed_tasks_poll_period,
+                d.delayed_tasks_poll_period,
+            ),
+            normal_tasks_poll_period: positive(
+                r.normal_tasks_poll_period,
+                d.normal_tasks_poll_period,
+            ),
+            connect_timeout: positive(r.connect_timeout, d.connect_timeout),
+            read_timeout: positive(r.read_timeout, d.read_timeout),
+            cluster_mode: r.cluster_mode,
+            master_name: r.master_name.clone(),
+            ..d
         }
     }
 
@@ -126,6 +168,12 @@ impl RedisConfig {
         let mut target = parse_url(&self.url)?;
         if self.cluster_mode && !target.unix {
             target.cluster = true;
+        }
+        if !self.master_name.is_empty() {
+            return Err(Error::Unsupported {
+                driver: crate::error::DRIVER,
+                operation: "redis sentinel (redis.master_name)",
+            });
         }
         if self.default_queue.is_empty() {
             return Err(Error::config("default_queue", "must not be empty"));
@@ -215,7 +263,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Target> {
     match scheme.to_ascii_lowercase().as_str() {
         "redis" => parse_tcp(rest, false),
         "rediss" => parse_tcp(rest, true),
-        "redis+socket" => parse_socket(rest),
+        "redis+socket" | "unix" | "redis+unix" => parse_socket(rest),
         other => Err(bad_url(format!(
             "unsupported scheme `{other}` (expected redis://, rediss:// or redis+socket://)"
         ))),
@@ -556,6 +604,37 @@ mod tests {
         let t = parse_url("redis+socket://u:pw@/tmp/r.sock").unwrap();
         assert_eq!(t.nodes[0].redis_settings().username(), Some("u"));
         assert!(parse_url("redis+socket://pw@").is_err());
+    }
+
+    #[test]
+    fn unix_scheme_aliases() {
+        for url in ["unix:///tmp/r.sock", "redis+unix:///tmp/r.sock"] {
+            let t = parse_url(url).unwrap();
+            assert!(t.unix);
+            assert_eq!(tcp(&t.nodes[0]).0, "/tmp/r.sock");
+        }
+    }
+
+    #[test]
+    fn from_machinery_maps_go_names() {
+        let mut go = machinery_core::Config::default();
+        go.default_queue = "q".to_owned();
+        go.results_expire_in = 60;
+        go.redis.delayed_tasks_key = "dk".to_owned();
+        go.redis.delayed_tasks_poll_period = 250;
+        go.redis.normal_tasks_poll_period = 0;
+        go.redis.read_timeout = 7;
+        let cfg = RedisConfig::from_machinery("redis://h:1", &go);
+        assert_eq!(cfg.url, "redis://h:1");
+        assert_eq!(cfg.default_queue, "q");
+        assert_eq!(cfg.results_ttl_secs(), 60);
+        assert_eq!(cfg.delayed_tasks_key, "dk");
+        assert_eq!(cfg.delayed_tasks_poll_period, 250);
+        assert_eq!(cfg.normal_tasks_poll_period, 1000);
+        assert_eq!(cfg.read_timeout, 7);
+        go.redis.master_name = "mymaster".to_owned();
+        let cfg = RedisConfig::from_machinery("redis://h:1", &go);
+        assert!(matches!(cfg.validate(), Err(Error::Unsupported { .. })));
     }
 
     #[test]

@@ -239,3 +239,59 @@ return 0
 ",
     )
 });
+
+/// Record that a group member is done and count the distinct members done, in amortised
+/// O(1): a set of done members, the member list (copied once from the meta), and a cursor
+/// over that list. The cursor walks past members that are in the set or whose stored state is
+/// SUCCESS / FAILURE (written by a Go worker, which does not use the set), and stops at the
+/// first member still running; it only moves forward, so all calls together walk the list
+/// once. When the cursor reaches the end every member is done and the count is exact.
+/// Returns -1 when the group is unknown. Member keys are computed: not for Redis Cluster.
+///
+/// KEYS: group meta, done set, member list, cursor. ARGV: member UUID, ttl seconds.
+pub(crate) static MARK_DONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local ttl = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local meta = redis.call('GET', KEYS[1])
+  if not meta then return -1 end
+  local ok, m = pcall(cjson.decode, meta)
+  if not ok or type(m) ~= 'table' then
+    return redis.error_reply('group meta of ' .. KEYS[1] .. ' is not a json object')
+  end
+  local ids = {}
+  for k, v in pairs(m) do
+    if type(k) == 'string' and string.lower(k) == 'taskuuids' and type(v) == 'table' then ids = v end
+  end
+  local n = #ids
+  local i = 1
+  while i <= n do
+    local j = math.min(i + 999, n)
+    redis.call('RPUSH', KEYS[3], unpack(ids, i, j))
+    i = j + 1
+  end
+  if n > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ttl)
+local n = redis.call('LLEN', KEYS[3])
+local cursor = tonumber(redis.call('GET', KEYS[4]) or '0')
+local start = cursor
+while cursor < n do
+  local id = redis.call('LINDEX', KEYS[3], cursor)
+  if redis.call('SISMEMBER', KEYS[2], id) == 0 then
+    local st = redis.call('GET', id)
+    if st and (string.find(st, '"State":"SUCCESS"', 1, true) or string.find(st, '"State":"FAILURE"', 1, true)) then
+      redis.call('SADD', KEYS[2], id)
+    else
+      break
+    end
+  end
+  cursor = cursor + 1
+end
+if cursor ~= start then redis.call('SET', KEYS[4], cursor, 'EX', ttl) end
+return redis.call('SCARD', KEYS[2])
+"#,
+    )
+});

@@ -19,7 +19,7 @@ struct RedisUnderTest {
 #[async_trait]
 impl BrokerUnderTest for RedisUnderTest {
     fn broker(&self) -> Arc<dyn Broker> {
-        self.broker.clone()
+        Arc::clone(&self.broker) as Arc<dyn Broker>
     }
 
     async fn another(&self) -> Result<Arc<dyn Broker>> {

@@ -538,3 +538,103 @@ async fn unix_socket_url_works() {
     broker.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn group_member_done_counts_once_and_sees_members_go_finished() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let backend = RedisBackend::connect(common::config(&url, &ns))
+        .await
+        .unwrap();
+    assert!(backend.capabilities().group_completion_counter);
+    let mut raw = common::raw(&url).await;
+    let group = format!("{ns}_group");
+    let members: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|m| format!("{ns}_{m}"))
+        .collect();
+    backend.init_group(&group, &members).await.unwrap();
+    // A Go worker finished b and d: it stores their states and keeps no counter.
+    for (m, state) in [(&members[1], State::Success), (&members[3], State::Failure)] {
+        let mut sig = Signature::new("add");
+        sig.uuid.clone_from(m);
+        let st = TaskState::new(&sig, state);
+        let _: () = raw.set_ex(m, st.to_json().unwrap(), 60).await.unwrap();
+    }
+    assert_eq!(
+        backend
+            .mark_group_member_done(&group, &members[0])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        backend
+            .mark_group_member_done(&group, &members[0])
+            .await
+            .unwrap(),
+        2,
+        "idempotent"
+    );
+    assert_eq!(
+        backend
+            .mark_group_member_done(&group, &members[2])
+            .await
+            .unwrap(),
+        4,
+        "the last member completes the count"
+    );
+    let ttl: i64 = raw.ttl(format!("{group}.done")).await.unwrap();
+    assert!(ttl > 3000, "{ttl}");
+    backend.purge_group(&group).await.unwrap();
+    let left: usize = raw
+        .exists(&[
+            group.clone(),
+            format!("{group}.done"),
+            format!("{group}.members"),
+            format!("{group}.cursor"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let err = backend
+        .mark_group_member_done(&group, &members[0])
+        .await
+        .expect_err("unknown group");
+    assert!(matches!(err, machinery_core::Error::NotFound(_)), "{err}");
+    common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_member_done_is_linear_for_a_big_chord() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let backend = RedisBackend::connect(common::config(&url, &ns))
+        .await
+        .unwrap();
+    let mut raw = common::raw(&url).await;
+    const N: usize = 10_000;
+    let group = format!("{ns}_big");
+    let members: Vec<String> = (0..N).map(|i| format!("{ns}_m{i}")).collect();
+    backend.init_group(&group, &members).await.unwrap();
+    let start = Instant::now();
+    let counts: Vec<usize> = futures::stream::iter(members.iter())
+        .map(|m| backend.mark_group_member_done(&group, m))
+        .buffer_unordered(64)
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    let took = start.elapsed();
+    println!("marked {N} members done in {took:?}");
+    assert_eq!(counts.iter().max(), Some(&N));
+    assert_eq!(
+        counts.iter().filter(|c| **c == N).count(),
+        1,
+        "exactly one sees the end"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let states = backend.group_states(&group).await.unwrap();
+    assert_eq!(states.len(), N);
+    backend.purge_group(&group).await.unwrap();
+    common::delete_prefix(&mut raw, &ns).await;
+}

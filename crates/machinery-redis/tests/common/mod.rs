@@ -128,19 +128,8 @@ impl RedisServer {
     async fn wait_ready(&self) {
         let start = std::time::Instant::now();
         loop {
-            if let Ok(client) = redis::Client::open(self.url.as_str()) {
-                if let Ok(Ok(mut c)) = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    client.get_multiplexed_async_connection(),
-                )
-                .await
-                {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut c).await;
-                    if pong.is_ok() {
-                        return;
-                    }
-                }
+            if self.ping().await {
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
@@ -149,6 +138,22 @@ impl RedisServer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return false;
+        };
+        let Ok(Ok(mut c)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        else {
+            return false;
+        };
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+        pong.is_ok()
     }
 
     /// SIGKILL it by PID and wait for it to exit.
