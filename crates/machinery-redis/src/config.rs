@@ -617,9 +617,11 @@ mod tests {
 
     #[test]
     fn from_machinery_maps_go_names() {
-        let mut go = machinery_core::Config::default();
-        go.default_queue = "q".to_owned();
-        go.results_expire_in = 60;
+        let mut go = machinery_core::Config {
+            default_queue: "q".to_owned(),
+            results_expire_in: 60,
+            ..machinery_core::Config::default()
+        };
         go.redis.delayed_tasks_key = "dk".to_owned();
         go.redis.delayed_tasks_poll_period = 250;
         go.redis.normal_tasks_poll_period = 0;
