@@ -1,0 +1,427 @@
+//! Long-lived connections: failover over several URLs, reconnection with back-off, one
+//! confirm-mode channel for publishing and a small pool of plain channels for everything
+//! that may fail at channel level (a 404 closes the channel it happened on).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use machinery_core::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AmqpConfig, BrokerUrl, short};
+use crate::error;
+
+/// Most channels kept open for reuse per connection.
+const POOL_MAX: usize = 32;
+/// Most declarations remembered per connection before the memory is cleared.
+const DECLARED_MAX: usize = 20_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Doubling pauses between reconnection attempts, with jitter so that many workers do not
+/// reconnect in step after a server restart.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    pub(crate) fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    /// The pause to take now; the following one is twice as long, up to the maximum.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// One open connection and what lives on it.
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    pub(crate) url: String,
+    conn: Connection,
+    confirm: Channel,
+    pool: Mutex<Vec<Channel>>,
+    declared: Mutex<HashMap<String, Option<Instant>>>,
+}
+
+impl Session {
+    /// Both the connection and the publishing channel are usable.
+    pub(crate) fn healthy(&self) -> bool {
+        self.conn.status().connected() && self.confirm.status().connected()
+    }
+
+    /// The channel in confirm mode, shared by all publishers of this connection; publishes
+    /// are pipelined on it and each caller awaits its own confirm.
+    pub(crate) fn confirm_channel(&self) -> &Channel {
+        &self.confirm
+    }
+
+    /// A plain channel for this caller alone (see [`PooledChannel`]).
+    pub(crate) async fn channel(self: &Arc<Self>) -> Result<PooledChannel> {
+        loop {
+            let pooled = lock(&self.pool).pop();
+            match pooled {
+                Some(ch) if ch.status().connected() => {
+                    return Ok(PooledChannel {
+                        session: Arc::clone(self),
+                        channel: Some(ch),
+                        keep: false,
+                    });
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let ch = self
+            .conn
+            .create_channel()
+            .await
+            .map_err(|e| error::amqp("open a channel", e))?;
+        Ok(PooledChannel {
+            session: Arc::clone(self),
+            channel: Some(ch),
+            keep: false,
+        })
+    }
+
+    /// A channel that is not returned to the pool (consumers own theirs).
+    pub(crate) async fn own_channel(&self) -> Result<Channel> {
+        self.conn
+            .create_channel()
+            .await
+            .map_err(|e| error::amqp("open a channel", e))
+    }
+
+    /// Whether `key` was declared on this connection and is still known to exist.
+    pub(crate) fn is_declared(&self, key: &str) -> bool {
+        let mut declared = lock(&self.declared);
+        match declared.get(key) {
+            Some(None) => true,
+            Some(Some(until)) if *until > Instant::now() => true,
+            Some(Some(_)) => {
+                declared.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remember a declaration, for ever or for `valid_for` (queues that expire).
+    pub(crate) fn mark_declared(&self, key: String, valid_for: Option<Duration>) {
+        let mut declared = lock(&self.declared);
+        if declared.len() >= DECLARED_MAX {
+            declared.clear();
+        }
+        declared.insert(key, valid_for.map(|d| Instant::now() + d));
+    }
+
+    /// Forget a declaration (the queue was deleted or a message to it came back unroutable).
+    pub(crate) fn forget(&self, key: &str) {
+        lock(&self.declared).remove(key);
+    }
+
+    /// Forget every declaration whose key starts with `prefix`.
+    pub(crate) fn forget_prefix(&self, prefix: &str) {
+        lock(&self.declared).retain(|k, _| !k.starts_with(prefix));
+    }
+
+    async fn close(&self) {
+        if self.conn.status().connected() {
+            let _ = self.conn.close(200, "bye".into()).await;
+        }
+    }
+}
+
+/// A channel checked out of a session's pool. It goes back to the pool only when the user
+/// called [`PooledChannel::keep`] (every delivery taken on it was settled); otherwise it is
+/// closed on drop, so that RabbitMQ requeues whatever an interrupted operation still held.
+pub(crate) struct PooledChannel {
+    session: Arc<Session>,
+    channel: Option<Channel>,
+    keep: bool,
+}
+
+impl PooledChannel {
+    /// Return the channel to the pool when dropped.
+    pub(crate) fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl std::ops::Deref for PooledChannel {
+    type Target = Channel;
+
+    fn deref(&self) -> &Channel {
+        self.channel.as_ref().expect("channel present until drop")
+    }
+}
+
+impl Drop for PooledChannel {
+    fn drop(&mut self) {
+        if let Some(ch) = self.channel.take()
+            && self.keep
+            && ch.status().connected()
+        {
+            let mut pool = lock(&self.session.pool);
+            if pool.len() < POOL_MAX {
+                pool.push(ch);
+            }
+        }
+    }
+}
+
+/// A connection that reconnects itself: the current [`Session`], replaced when it dies.
+pub(crate) struct Link {
+    role: &'static str,
+    urls: Vec<BrokerUrl>,
+    config: Arc<AmqpConfig>,
+    tls: OwnedTLSConfig,
+    current: Mutex<Option<Arc<Session>>>,
+    reconnect: tokio::sync::Mutex<()>,
+    ids: AtomicU64,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("role", &self.role)
+            .field("urls", &self.urls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// A link that connects on first use. `role` names it in logs and in the connection
+    /// name (`publisher`, `consumer`, `backend`).
+    pub(crate) fn new(
+        role: &'static str,
+        urls: Vec<BrokerUrl>,
+        config: Arc<AmqpConfig>,
+    ) -> Result<Self> {
+        let cert_chain = match &config.tls_ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::config(
+                    "amqp.tls_ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Link {
+            role,
+            urls,
+            config,
+            tls: OwnedTLSConfig {
+                identity: None,
+                cert_chain,
+            },
+            current: Mutex::new(None),
+            reconnect: tokio::sync::Mutex::new(()),
+            ids: AtomicU64::new(1),
+            closed: CancellationToken::new(),
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.is_cancelled() {
+            Err(Error::Closed("amqp connection"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The current session, connecting (trying every URL in order) when there is none or
+    /// it died. One attempt: the caller decides about retrying.
+    pub(crate) async fn session(&self) -> Result<Arc<Session>> {
+        self.check_open()?;
+        if let Some(s) = lock(&self.current).as_ref()
+            && s.healthy()
+        {
+            return Ok(Arc::clone(s));
+        }
+        let _guard = self.reconnect.lock().await;
+        self.check_open()?;
+        let stale = {
+            let current = lock(&self.current);
+            match current.as_ref() {
+                Some(s) if s.healthy() => return Ok(Arc::clone(s)),
+                other => other.cloned(),
+            }
+        };
+        if let Some(stale) = stale {
+            tracing::warn!(role = self.role, url = %stale.url, "amqp connection lost, reconnecting");
+            stale.close().await;
+        }
+        let session = Arc::new(self.connect().await?);
+        *lock(&self.current) = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// Drop session `id` if it is still the current one (after a failure that left it
+    /// unusable); the next [`Link::session`] reconnects.
+    pub(crate) fn invalidate(&self, id: u64) {
+        let mut current = lock(&self.current);
+        if current.as_ref().is_some_and(|s| s.id == id)
+            && let Some(s) = current.take()
+        {
+            tokio::spawn(async move { s.close().await });
+        }
+    }
+
+    async fn connect(&self) -> Result<Session> {
+        let mut last: Option<Error> = None;
+        for url in &self.urls {
+            match self.connect_one(url).await {
+                Ok(s) => {
+                    tracing::debug!(role = self.role, url = %url.redacted, "amqp connected");
+                    return Ok(s);
+                }
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(role = self.role, url = %url.redacted, error = %e, "amqp connection failed");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| error::temporary("no broker url")))
+    }
+
+    async fn connect_one(&self, url: &BrokerUrl) -> Result<Session> {
+        if matches!(url.uri.scheme, lapin::uri::AMQPScheme::AMQPS) {
+            // One crypto provider for the process (several crates bring rustls).
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("{} {}", self.config.connection_name, self.role).into());
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| error::amqp("find the tokio runtime", e))?;
+        let conn = tokio::time::timeout(
+            self.config.connect_timeout(),
+            Connection::connect_uri_with_config(url.uri.clone(), props, self.tls.clone(), runtime),
+        )
+        .await
+        .map_err(|_| {
+            error::temporary(format!(
+                "connecting to {} timed out after {:?}",
+                url.redacted,
+                self.config.connect_timeout()
+            ))
+        })?
+        .map_err(|e| error::amqp(format!("connect to {}", url.redacted), e))?;
+        let confirm = conn
+            .create_channel()
+            .await
+            .map_err(|e| error::amqp("open a channel", e))?;
+        if !self.config.exchange.is_empty() {
+            confirm
+                .exchange_declare(
+                    short("amqp.exchange", &self.config.exchange)?,
+                    self.config.exchange_kind(),
+                    ExchangeDeclareOptions {
+                        passive: false,
+                        durable: true,
+                        auto_delete: false,
+                        internal: false,
+                        nowait: false,
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    error::amqp(format!("declare exchange `{}`", self.config.exchange), e)
+                })?;
+        }
+        confirm
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| error::amqp("enable publisher confirms", e))?;
+        Ok(Session {
+            id: self.ids.fetch_add(1, Ordering::Relaxed),
+            url: url.redacted.clone(),
+            conn,
+            confirm,
+            pool: Mutex::new(Vec::new()),
+            declared: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Run `op` on the current session, reconnecting and retrying temporary failures with
+    /// back-off until `publish_retry_timeout` has passed.
+    pub(crate) async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut(Arc<Session>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let deadline = Instant::now() + self.config.publish_retry_timeout();
+        let mut backoff = Backoff::new(self.config.reconnect_max_delay());
+        loop {
+            let attempt = match self.session().await {
+                Ok(session) => {
+                    let id = session.id;
+                    let healthy_before = session.healthy();
+                    let out = op(Arc::clone(&session)).await;
+                    if out.as_ref().is_err_and(Error::is_temporary) && !session.healthy() {
+                        if healthy_before {
+                            tracing::debug!(role = self.role, "amqp session broke during {what}");
+                        }
+                        self.invalidate(id);
+                    }
+                    out
+                }
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_temporary() && Instant::now() < deadline => {
+                    let pause = backoff.next_delay();
+                    tracing::warn!(role = self.role, error = %e, retry_in = ?pause, "amqp {what} failed, retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.closed.cancelled() => return Err(Error::Closed("amqp connection")),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Close the connection; every later call fails with [`Error::Closed`].
+    pub(crate) async fn close(&self) {
+        self.closed.cancel();
+        let _guard = self.reconnect.lock().await;
+        let current = lock(&self.current).take();
+        if let Some(s) = current {
+            s.close().await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
