@@ -12,3 +12,11 @@ pub struct DeadLetter {
     /// Why it was set aside.
     pub reason: String,
 }
+
+mod backend;
+mod broker;
+mod lock;
+
+pub use backend::MemoryBackend;
+pub use broker::MemoryBroker;
+pub use lock::MemoryLock;
