@@ -1,6 +1,6 @@
 //! [`MemoryBackend`]: task states and groups in process memory, with expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -53,6 +53,8 @@ struct Inner {
 struct Data {
     states: HashMap<String, Entry>,
     groups: HashMap<String, Entry>,
+    /// Members of each group that reached SUCCESS or FAILURE (lives as long as the group).
+    done: HashMap<String, HashSet<String>>,
     writes: u32,
 }
 
@@ -77,6 +79,8 @@ impl Data {
             let now = Instant::now();
             self.states.retain(|_, e| e.expires > now);
             self.groups.retain(|_, e| e.expires > now);
+            let groups = &self.groups;
+            self.done.retain(|g, _| groups.contains_key(g));
         }
     }
 }
@@ -149,14 +153,17 @@ impl Backend for MemoryBackend {
             expiry: true,
             keeps_created_at: true,
             batched_group_states: true,
-            group_completion_counter: false,
+            group_completion_counter: true,
         }
     }
 
     async fn set_state(&self, state: &TaskState) -> Result<()> {
         let mut data = self.data();
         let mut state = state.clone();
-        if let Some(prev) = Data::live(&mut data.states, &state.task_uuid) {
+        // PENDING is a (re)creation: a retry's PENDING gets a new CreatedAt, as in Go.
+        if state.state != State::Pending
+            && let Some(prev) = Data::live(&mut data.states, &state.task_uuid)
+        {
             state.merge_previous(&TaskState::from_json(&prev.json)?);
         }
         let entry = self.entry(state.to_json()?);
@@ -212,13 +219,26 @@ impl Backend for MemoryBackend {
         Ok(true)
     }
 
+    async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
+        let mut data = self.data();
+        if Data::live(&mut data.groups, group_uuid).is_none() {
+            data.done.remove(group_uuid);
+            return Err(Error::NotFound(group_uuid.to_owned()));
+        }
+        let members = data.done.entry(group_uuid.to_owned()).or_default();
+        members.insert(task_uuid.to_owned());
+        Ok(members.len())
+    }
+
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
         self.data().states.remove(task_uuid);
         Ok(())
     }
 
     async fn purge_group(&self, group_uuid: &str) -> Result<()> {
-        self.data().groups.remove(group_uuid);
+        let mut data = self.data();
+        data.groups.remove(group_uuid);
+        data.done.remove(group_uuid);
         Ok(())
     }
 }
