@@ -130,6 +130,13 @@ impl State {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the delay timers.
+        self.closed.cancel();
+    }
+}
+
 impl Default for MemoryBroker {
     fn default() -> Self {
         Self::new()
@@ -227,19 +234,25 @@ impl MemoryBroker {
     ) {
         let key = (due_nanos, st.next_id());
         st.delayed.insert(key, Delayed { queue, message });
-        let inner = Arc::clone(inner);
+        // A weak handle: a pending timer must not keep a dropped broker alive.
+        let weak = Arc::downgrade(inner);
+        let closed = inner.closed.clone();
         tokio::spawn(async move {
             loop {
+                // Wall clock, as the ETA is; tokio's timer alone could wake a hair early.
                 let left = due_nanos.saturating_sub(time::unix_nanos(&time::now()));
                 if left <= 0 {
                     break;
                 }
                 let sleep = Duration::from_nanos(left.unsigned_abs());
                 tokio::select! {
-                    () = inner.closed.cancelled() => return,
+                    () = closed.cancelled() => return,
                     () = tokio::time::sleep(sleep) => {}
                 }
             }
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
             let mut st = lock(&inner.state);
             if let Some(d) = st.delayed.remove(&key) {
                 st.push_back(&d.queue, d.message);
