@@ -271,6 +271,105 @@ pub async fn trigger_chord_fires_exactly_once_under_contention(factory: impl Bac
     );
 }
 
+/// `group_member_done_counts_each_member_once`: `mark_group_member_done` (called after a
+/// member's final state is stored) counts distinct members: a repeated call for the same
+/// member does not count twice, concurrent members always let one caller see the full
+/// count, groups are independent, and an unknown group is [`Error::NotFound`].
+pub async fn group_member_done_counts_each_member_once(factory: impl BackendFactory) {
+    let Some(backend) = start(&factory, BackendSetup::random()).await else {
+        return;
+    };
+    let sigs: Vec<Signature> = (0..3)
+        .map(|i| Signature::new(format!("conformance.done.{i}")))
+        .collect();
+    let group = new_group_uuid();
+    let uuids: Vec<String> = sigs.iter().map(|s| s.uuid.clone()).collect();
+    backend
+        .init_group(&group, &uuids)
+        .await
+        .expect("init_group");
+    let mark = |uuid: &str| {
+        let backend = Arc::clone(&backend);
+        let (group, uuid) = (group.clone(), uuid.to_owned());
+        async move {
+            backend
+                .mark_group_member_done(&group, &uuid)
+                .await
+                .unwrap_or_else(|e| panic!("mark_group_member_done {uuid}: {e}"))
+        }
+    };
+
+    set(&*backend, &TaskState::success(&sigs[0], vec![])).await;
+    assert_eq!(mark(&uuids[0]).await, 1);
+    assert_eq!(
+        mark(&uuids[0]).await,
+        1,
+        "a redelivered member counted twice"
+    );
+    set(&*backend, &TaskState::failure(&sigs[1], "failed")).await;
+    assert_eq!(mark(&uuids[1]).await, 2, "a FAILURE member counts as done");
+    set(&*backend, &TaskState::success(&sigs[2], vec![])).await;
+    let repeated: Vec<usize> = futures::future::join_all((0..10).map(|_| mark(&uuids[2]))).await;
+    assert!(
+        repeated.iter().all(|&n| n == 3),
+        "concurrent repeats of the last member: {repeated:?}"
+    );
+
+    // Members finishing at once: whoever is last sees the whole group.
+    const MEMBERS: usize = 20;
+    let big: Vec<Signature> = (0..MEMBERS)
+        .map(|i| Signature::new(format!("conformance.done.big.{i}")))
+        .collect();
+    let big_group = new_group_uuid();
+    let big_uuids: Vec<String> = big.iter().map(|s| s.uuid.clone()).collect();
+    backend
+        .init_group(&big_group, &big_uuids)
+        .await
+        .expect("init_group");
+    let barrier = Arc::new(Barrier::new(MEMBERS));
+    let mut members = Vec::new();
+    for sig in big {
+        let backend = Arc::clone(&backend);
+        let barrier = Arc::clone(&barrier);
+        let group = big_group.clone();
+        members.push(tokio::spawn(async move {
+            barrier.wait().await;
+            set(&*backend, &TaskState::success(&sig, vec![])).await;
+            backend
+                .mark_group_member_done(&group, &sig.uuid)
+                .await
+                .expect("mark_group_member_done")
+        }));
+    }
+    let mut counts = Vec::new();
+    for m in members {
+        counts.push(m.await.expect("member task"));
+    }
+    assert!(
+        counts.iter().all(|&n| (1..=MEMBERS).contains(&n)),
+        "counts out of range: {counts:?}"
+    );
+    assert!(
+        counts.contains(&MEMBERS),
+        "no member saw the group complete: {counts:?}"
+    );
+    assert_eq!(
+        mark(&uuids[0]).await,
+        3,
+        "another group's members leaked in"
+    );
+
+    match backend
+        .mark_group_member_done(&new_group_uuid(), &uuids[0])
+        .await
+    {
+        Err(Error::NotFound(_)) => {}
+        other => {
+            panic!("mark_group_member_done of an unknown group: expected NotFound, got {other:?}")
+        }
+    }
+}
+
 /// `trigger_chord_unknown_group_errors`: `trigger_chord` and `group_states` of a group never
 /// initialised are [`Error::NotFound`].
 pub async fn trigger_chord_unknown_group_errors(factory: impl BackendFactory) {

@@ -269,6 +269,7 @@ macro_rules! backend_conformance {
             group_states_are_in_group_order,
             trigger_chord_fires_exactly_once_under_contention,
             trigger_chord_unknown_group_errors,
+            group_member_done_counts_each_member_once,
             purge_removes_state_and_group,
             results_expire,
         }

@@ -1,6 +1,7 @@
 //! The suite must be able to fail: each test wraps the (correct) memory drivers in a driver
 //! with one deliberate fault and checks that the case meant to catch it fails.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -306,12 +307,14 @@ enum BackendFault {
     PurgeGroupDoesNothing,
     NeverExpires,
     KeepsFirstState,
+    CountsEveryCall,
 }
 
 #[derive(Debug)]
 struct FaultyBackend {
     inner: MemoryBackend,
     fault: BackendFault,
+    calls: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 #[async_trait]
@@ -385,6 +388,20 @@ impl Backend for FaultyBackend {
         }
     }
 
+    async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
+        let counted = self
+            .inner
+            .mark_group_member_done(group_uuid, task_uuid)
+            .await?;
+        if self.fault != BackendFault::CountsEveryCall {
+            return Ok(counted);
+        }
+        let mut calls = self.calls.lock().expect("calls");
+        let n = calls.entry(group_uuid.to_owned()).or_default();
+        *n += 1;
+        Ok(*n)
+    }
+
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
         self.inner.purge_state(task_uuid).await
     }
@@ -402,7 +419,11 @@ fn faulty_backend(fault: BackendFault, setup: &BackendSetup) -> Option<Arc<dyn B
         Some(ttl) if fault != BackendFault::NeverExpires => MemoryBackend::with_ttl(ttl),
         _ => MemoryBackend::new(),
     };
-    Some(Arc::new(FaultyBackend { inner, fault }))
+    Some(Arc::new(FaultyBackend {
+        inner,
+        fault,
+        calls: std::sync::Mutex::default(),
+    }))
 }
 
 macro_rules! backend_fault {
@@ -467,4 +488,9 @@ backend_fault!(
     stale_state_is_caught,
     KeepsFirstState,
     state_lifecycle_roundtrips
+);
+backend_fault!(
+    counting_repeats_is_caught,
+    CountsEveryCall,
+    group_member_done_counts_each_member_once
 );
