@@ -196,15 +196,23 @@ where
 ///
 /// # Examples
 ///
-/// ```
+/// ```no_run
 /// // In a factory: `let url = machinery_testkit::env_url("MACHINERY_TEST_REDIS_URL")?;`
 /// let url = machinery_testkit::env_url("MACHINERY_TEST_SURELY_UNSET_URL");
 /// assert!(url.is_none());
 /// ```
+///
+/// # Panics
+/// When the variable is unset and `MACHINERY_REQUIRE_SERVICES=1` (CI sets it: a driver test
+/// must never be skipped there).
 pub fn env_url(name: &str) -> Option<String> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => Some(v),
         _ => {
+            assert!(
+                std::env::var("MACHINERY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{name} is not set but MACHINERY_REQUIRE_SERVICES=1: driver tests must not be skipped"
+            );
             println!("skipped: {name} not set");
             None
         }
