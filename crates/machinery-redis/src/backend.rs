@@ -1,7 +1,9 @@
 //! `RedisBackend`: task states and group metas under their UUID keys, in Go's JSON.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use machinery_core::{
@@ -27,7 +29,21 @@ struct Inner {
     conn: Conn,
     ttl_secs: u64,
     display: String,
+    kept: Mutex<HashMap<String, Kept>>,
 }
+
+/// What the store kept for a task whose run this process is in (between RECEIVED and its
+/// final state): the task name and creation time JSON. It saves a read-merge-write per
+/// state: STARTED and SUCCESS become plain `SET`s with the same bytes the merge would give.
+struct Kept {
+    name: Vec<u8>,
+    created: Vec<u8>,
+    at: Instant,
+}
+
+/// How long a kept entry is trusted, and how many are kept at most.
+const KEPT_FOR: Duration = Duration::from_secs(300);
+const KEPT_MAX: usize = 100_000;
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,12 +80,48 @@ impl RedisBackend {
                 conn,
                 ttl_secs: config.results_ttl_secs(),
                 display,
+                kept: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
+        self.inner
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn recall(&self, task_uuid: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+        let kept = self.kept();
+        let k = kept.get(task_uuid)?;
+        (k.at.elapsed() < KEPT_FOR).then(|| (k.name.clone(), k.created.clone()))
+    }
+
+    fn remember(&self, task_uuid: &str, name: Vec<u8>, created: Vec<u8>) {
+        let mut kept = self.kept();
+        if kept.len() >= KEPT_MAX {
+            kept.retain(|_, k| k.at.elapsed() < KEPT_FOR);
+            if kept.len() >= KEPT_MAX {
+                kept.clear();
+            }
+        }
+        kept.insert(
+            task_uuid.to_owned(),
+            Kept {
+                name,
+                created,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn forget(&self, task_uuid: &str) {
+        self.kept().remove(task_uuid);
     }
 
     async fn group_raw(&self, group_uuid: &str) -> Result<(GroupMeta, Vec<Option<Vec<u8>>>)> {
@@ -192,10 +244,20 @@ impl Backend for RedisBackend {
         let mut conn = self.conn();
         if state.state == State::Pending {
             // Go writes PENDING afresh (a retry gets a new CreatedAt).
+            self.forget(key);
             return conn.set_ex::<_, _, ()>(key, json, ttl).await.map_err(fail);
         }
         let p = split_state(&json, state)?;
-        scripts::SET_STATE
+        let run_ends = state.state.is_completed() || state.state == State::Retry;
+        if let Some((name, created)) = self.recall(key) {
+            let name = if p.name == b"\"\"" { &name[..] } else { p.name };
+            let body = [p.head, name, p.middle, &created, p.tail].concat();
+            if run_ends {
+                self.forget(key);
+            }
+            return conn.set_ex::<_, _, ()>(key, body, ttl).await.map_err(fail);
+        }
+        let (name, created): (Vec<u8>, Vec<u8>) = scripts::SET_STATE
             .key(key)
             .arg(ttl)
             .arg(p.head)
@@ -203,9 +265,13 @@ impl Backend for RedisBackend {
             .arg(p.middle)
             .arg(p.created)
             .arg(p.tail)
-            .invoke_async::<()>(&mut conn)
+            .invoke_async(&mut conn)
             .await
-            .map_err(fail)
+            .map_err(fail)?;
+        if !run_ends {
+            self.remember(key, name, created);
+        }
+        Ok(())
     }
 
     async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {
@@ -277,6 +343,7 @@ impl Backend for RedisBackend {
     }
 
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
+        self.forget(task_uuid);
         let mut conn = self.conn();
         conn.del::<_, ()>(task_uuid)
             .await

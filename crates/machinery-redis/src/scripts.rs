@@ -114,7 +114,11 @@ return #due
 /// Write a task state, keeping the stored `CreatedAt` and (when the new one is empty)
 /// `TaskName`, as Go's GET-then-SET does, in one atomic step. The new JSON arrives cut in
 /// five pieces around the task name and the creation time so that the stored bytes stay
-/// exactly Go's encoding.
+/// exactly Go's encoding. Returns the task name and creation time JSON that were stored.
+///
+/// `CreatedAt` is the last occurrence of its key (the key is the last-but-one field; a map
+/// result may hold an earlier `CreatedAt`), searched from near the end first; `TaskName` is
+/// the first occurrence (only the task UUID, a string, precedes it).
 ///
 /// KEYS: task UUID. ARGV: ttl seconds, head (through `"TaskName":`), task name JSON, middle
 /// (through `"CreatedAt":`), created-at JSON, tail.
@@ -125,14 +129,26 @@ local name = ARGV[3]
 local created = ARGV[5]
 local old = redis.call('GET', KEYS[1])
 if old then
-  local c = string.match(old, '"CreatedAt":("[^"]*"),"TTL":[-%d]*}$')
-  if c == nil then c = string.match(old, '"CreatedAt":("[^"]*")') end
-  if c then created = c end
+  local n = #old
+  local function last_created(from)
+    local pos = nil
+    while true do
+      local _, e = string.find(old, ',"CreatedAt":"', from, true)
+      if not e then return pos end
+      pos = e
+      from = e + 1
+    end
+  end
+  local e = last_created(math.max(1, n - 96))
+  if e == nil then e = last_created(1) end
+  if e then
+    local q = string.find(old, '"', e + 1, true)
+    if q then created = string.sub(old, e, q) end
+  end
   if name == '""' then
-    local _, e = string.find(old, '"TaskName":"', 1, true)
-    if e then
-      local i = e + 1
-      local n = #old
+    local _, t = string.find(old, '"TaskName":"', 1, true)
+    if t then
+      local i = t + 1
       while i <= n do
         local b = string.byte(old, i)
         if b == 92 then
@@ -143,12 +159,12 @@ if old then
           i = i + 1
         end
       end
-      if i <= n then name = string.sub(old, e, i) end
+      if i <= n then name = string.sub(old, t, i) end
     end
   end
 end
 redis.call('SET', KEYS[1], ARGV[2] .. name .. ARGV[4] .. created .. ARGV[6], 'EX', ARGV[1])
-return 1
+return {name, created}
 "#,
     )
 });
