@@ -14,6 +14,8 @@
 //!   with nothing stored yet appear as PENDING.
 //! - `trigger_chord_fires_exactly_once_under_contention`: of 100 concurrent callers exactly
 //!   one gets `true`.
+//! - `trigger_chord_unknown_group_errors`: `trigger_chord` on a group never initialised is
+//!   `Error::NotFound`, not a silent `true`.
 //! - `purge_removes_state_and_group`.
 //! - `results_expire` (capability `expiry`).
 //! - `group_member_done_counts_each_member_once` (`mark_group_member_done` is idempotent).

@@ -8,6 +8,7 @@
 //! - `publish_then_consume_roundtrips`: a published signature is consumed unchanged.
 //! - `ack_removes_message`: an acked delivery is never delivered again.
 //! - `nack_requeues`: `requeue` makes the message available again.
+//! - `requeue_with_delay_is_not_early`: `requeue(Some(d))` is not delivered before `d`.
 //! - `unacked_is_redelivered_after_consumer_dropped`: a delivery neither acked nor nacked
 //!   when its consumer stream is dropped is delivered to another consumer.
 //! - `eta_is_respected`: a signature with a future ETA is never delivered early.
@@ -19,6 +20,7 @@
 //!   `dead_letter` keeps them with the reason.
 //! - `fifo_order_is_kept`: messages of one queue are delivered in publish order to a single
 //!   consumer (capability `fifo`).
+//! - `purge_queue_empties_it`: `purge_queue` removes every waiting message.
 
 use std::fmt;
 use std::pin::Pin;
