@@ -161,16 +161,14 @@ impl RedisBackend {
 /// The keys that count a group's finished members (next to Go's group meta key).
 struct GroupKeys {
     done: String,
-    members: String,
-    cursor: String,
+    waiting: String,
 }
 
 impl GroupKeys {
     fn new(group_uuid: &str) -> Self {
         GroupKeys {
             done: format!("{group_uuid}.done"),
-            members: format!("{group_uuid}.members"),
-            cursor: format!("{group_uuid}.cursor"),
+            waiting: format!("{group_uuid}.waiting"),
         }
     }
 }
@@ -332,8 +330,7 @@ impl Backend for RedisBackend {
         let done: i64 = scripts::MARK_DONE
             .key(group_uuid)
             .key(&keys.done)
-            .key(&keys.members)
-            .key(&keys.cursor)
+            .key(&keys.waiting)
             .arg(task_uuid)
             .arg(self.inner.ttl_secs)
             .invoke_async(&mut conn)
@@ -354,7 +351,7 @@ impl Backend for RedisBackend {
         let keys = GroupKeys::new(group_uuid);
         let mut conn = self.conn();
         // The cluster client splits a multi-key DEL per slot by itself.
-        conn.del::<_, ()>(&[group_uuid, &keys.done, &keys.members, &keys.cursor][..])
+        conn.del::<_, ()>(&[group_uuid, &keys.done, &keys.waiting][..])
             .await
             .map_err(|e| error::map(format!("cannot delete group {group_uuid}"), e))
     }

@@ -257,19 +257,18 @@ return 0
 });
 
 /// Record that a group member is done and count the distinct members done, in amortised
-/// O(1): a set of done members, the member list (copied once from the meta), and a cursor
-/// over that list. The cursor walks past members that are in the set or whose stored state is
-/// SUCCESS / FAILURE (written by a Go worker, which does not use the set), and stops at the
-/// first member still running; it only moves forward, so all calls together walk the list
-/// once. When the cursor reaches the end every member is done and the count is exact.
-/// Returns -1 when the group is unknown. Member keys are computed: not for Redis Cluster.
+/// O(1): a set of done members, and the list of members not yet seen done, in group order
+/// (copied once from the meta). The head of that list is popped while it is in the set or its
+/// stored state is SUCCESS / FAILURE (written by a Go worker, which does not use the set);
+/// each member is popped once, so all calls together walk the group once. When the list is
+/// empty every member is done and the count is exact. Returns -1 when the group is unknown.
+/// Member keys are computed: not for Redis Cluster.
 ///
-/// KEYS: group meta, done set, member list, cursor. ARGV: member UUID, ttl seconds.
+/// KEYS: group meta, done set, waiting list. ARGV: member UUID, ttl seconds.
 pub(crate) static MARK_DONE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local ttl = tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 0 then
+if redis.call('EXISTS', KEYS[2]) == 0 then
   local meta = redis.call('GET', KEYS[1])
   if not meta then return -1 end
   local ok, m = pcall(cjson.decode, meta)
@@ -280,6 +279,7 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
   for k, v in pairs(m) do
     if type(k) == 'string' and string.lower(k) == 'taskuuids' and type(v) == 'table' then ids = v end
   end
+  redis.call('DEL', KEYS[3])
   local n = #ids
   local i = 1
   while i <= n do
@@ -287,15 +287,15 @@ if redis.call('EXISTS', KEYS[3]) == 0 then
     redis.call('RPUSH', KEYS[3], unpack(ids, i, j))
     i = j + 1
   end
-  if n > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  if n > 0 then redis.call('EXPIRE', KEYS[3], ARGV[2]) end
+else
+  redis.call('SADD', KEYS[2], ARGV[1])
 end
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ttl)
-local n = redis.call('LLEN', KEYS[3])
-local cursor = tonumber(redis.call('GET', KEYS[4]) or '0')
-local start = cursor
-while cursor < n do
-  local id = redis.call('LINDEX', KEYS[3], cursor)
+while true do
+  local id = redis.call('LINDEX', KEYS[3], 0)
+  if not id then break end
   if redis.call('SISMEMBER', KEYS[2], id) == 0 then
     local st = redis.call('GET', id)
     if st and (string.find(st, '"State":"SUCCESS"', 1, true) or string.find(st, '"State":"FAILURE"', 1, true)) then
@@ -304,9 +304,8 @@ while cursor < n do
       break
     end
   end
-  cursor = cursor + 1
+  redis.call('LPOP', KEYS[3])
 end
-if cursor ~= start then redis.call('SET', KEYS[4], cursor, 'EX', ttl) end
 return redis.call('SCARD', KEYS[2])
 "#,
     )

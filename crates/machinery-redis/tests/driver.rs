@@ -591,8 +591,7 @@ async fn group_member_done_counts_once_and_sees_members_go_finished() {
         .exists(&[
             group.clone(),
             format!("{group}.done"),
-            format!("{group}.members"),
-            format!("{group}.cursor"),
+            format!("{group}.waiting"),
         ])
         .await
         .unwrap();
