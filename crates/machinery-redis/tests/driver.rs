@@ -637,3 +637,137 @@ async fn group_member_done_is_linear_for_a_big_chord() {
     backend.purge_group(&group).await.unwrap();
     common::delete_prefix(&mut raw, &ns).await;
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+#[tokio::test]
+async fn tls_url_works_with_a_private_ca_and_insecure() {
+    if common::url().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(common::namespace());
+    std::fs::create_dir_all(&dir).unwrap();
+    // A CA and a server certificate for localhost / 127.0.0.1 signed by it.
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=machinery test ca",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let port = 6392;
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let probe = format!("rediss://127.0.0.1:{port}/#insecure");
+    let _server = common::RedisServer::start(
+        &probe,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path("server.pem"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    )
+    .await;
+    let ns = common::namespace();
+    for (url, ca) in [
+        (
+            format!("rediss://localhost:{port}/0"),
+            Some(dir.join("ca.pem")),
+        ),
+        (format!("rediss://127.0.0.1:{port}/0#insecure"), None),
+    ] {
+        let config = RedisConfig {
+            tls_ca_file: ca,
+            ..common::config(&url, &ns)
+        };
+        let queue = config.default_queue.clone();
+        let broker = RedisBroker::connect(config)
+            .await
+            .expect("connect over tls");
+        let mut stream = broker.consume(&queue, opts(1)).await.unwrap();
+        let sig = task(&queue, 9);
+        broker.publish(&sig).await.unwrap();
+        let d = next_task(&mut stream, Duration::from_secs(5)).await;
+        assert_eq!(d.signature().unwrap().uuid, sig.uuid);
+        d.ack().await.unwrap();
+        drop(stream);
+        broker.close().await.unwrap();
+    }
+    // Without the CA the server's certificate is refused, with a clear error.
+    let err = RedisBroker::from_url(&format!("rediss://localhost:{port}/0"))
+        .await
+        .expect_err("untrusted certificate");
+    assert!(
+        err.to_string().contains(&format!("localhost:{port}")),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -141,6 +141,11 @@ impl RedisServer {
     }
 
     async fn ping(&self) -> bool {
+        // A TLS server is up when its port accepts connections (the probe stays plain).
+        if let Some(rest) = self.url.strip_prefix("rediss://") {
+            let addr = rest.split(['/', '#']).next().unwrap_or(rest);
+            return tokio::net::TcpStream::connect(addr).await.is_ok();
+        }
         let Ok(client) = redis::Client::open(self.url.as_str()) else {
             return false;
         };
