@@ -65,7 +65,13 @@ struct BackendInner {
     /// Serialises this process's callers of the fallback chord trigger (an exclusive queue
     /// excludes other connections, not callers sharing ours).
     claim: tokio::sync::Mutex<()>,
+    /// Striped locks serialising this process's marks of one member, so that concurrent
+    /// repeats see each other's marker.
+    marking: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Number of [`BackendInner::marking`] stripes.
+const MARK_STRIPES: usize = 64;
 
 #[derive(Clone)]
 struct Cached<T> {
@@ -154,6 +160,9 @@ impl AmqpBackend {
                 metas: Mutex::new(HashMap::new()),
                 origins: Mutex::new(HashMap::new()),
                 claim: tokio::sync::Mutex::new(()),
+                marking: (0..MARK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         })
     }
@@ -741,8 +750,19 @@ impl Backend for AmqpBackend {
     async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
         let inner = &*self.inner;
         let counted = |n: Option<u32>| n.unwrap_or(0) as usize;
-        // A group we have no meta of may be a Go producer's: Go's group queue is created by
-        // the first member's mark, so an unknown group is not an error here.
+        // Known: initialised here, or a Go producer's group that a Go worker already marked.
+        if inner.members(group_uuid).await?.is_none()
+            && inner.done_count(group_uuid).await?.is_none()
+        {
+            return Err(Error::NotFound(group_uuid.to_owned()));
+        }
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            task_uuid.hash(&mut h);
+            (h.finish() % MARK_STRIPES as u64) as usize
+        };
+        let _serial = inner.marking[stripe].lock().await;
         let Some(latest) = inner.read_final(task_uuid, MARK_WAIT).await? else {
             return Ok(counted(inner.done_count(group_uuid).await?));
         };
