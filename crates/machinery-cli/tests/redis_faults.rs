@@ -1,0 +1,375 @@
+//! Fault tests of the Redis driver with real worker processes (`machinery worker`): a worker
+//! killed with SIGKILL in the middle of 10 000 tasks, a Redis restart during a run, and
+//! malformed messages. Needs `MACHINERY_TEST_REDIS_URL` (unset = skipped); the restart test
+//! starts its own `redis-server` on port 6394.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use machinery::{Config, Server, Signature, server_from_config};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+const URL_VAR: &str = "MACHINERY_TEST_REDIS_URL";
+
+fn namespace() -> String {
+    format!("rf{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// A `machinery worker` process, killed (SIGKILL) when dropped.
+struct Worker(Option<Child>);
+
+impl Worker {
+    fn start(url: &str, queue: &str, concurrency: usize) -> Worker {
+        let child = Command::new(env!("CARGO_BIN_EXE_machinery"))
+            .args([
+                "worker",
+                "--broker",
+                url,
+                "--backend",
+                url,
+                "--queue",
+                queue,
+            ])
+            .args(["-c", &concurrency.to_string()])
+            .env("MACHINERY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn machinery worker");
+        Worker(Some(child))
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn raw(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{URL_VAR} is set but redis is unreachable: {e}"))
+}
+
+async fn sender(url: &str, queue: &str) -> Server {
+    let config = Config {
+        broker: url.to_owned(),
+        result_backend: url.to_owned(),
+        default_queue: queue.to_owned(),
+        ..Config::default()
+    };
+    server_from_config(config).await.expect("sender")
+}
+
+async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> Vec<String> {
+    futures::stream::iter(from..from + n)
+        .map(|i| {
+            let sig = Signature::new("add")
+                .routing_key(queue)
+                .arg(i as i64)
+                .arg(1_i64);
+            async move { server.send_task(sig).await.expect("send").uuid().to_owned() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
+/// How many of `uuids` have a SUCCESS state stored.
+async fn successes(conn: &mut MultiplexedConnection, uuids: &[String]) -> usize {
+    let mut n = 0;
+    for chunk in uuids.chunks(1000) {
+        let states: Vec<Option<String>> = conn.mget(chunk).await.expect("mget");
+        n += states
+            .iter()
+            .flatten()
+            .filter(|s| s.contains("\"State\":\"SUCCESS\""))
+            .count();
+    }
+    n
+}
+
+async fn wait_for_successes(
+    conn: &mut MultiplexedConnection,
+    uuids: &[String],
+    want: usize,
+    limit: Duration,
+    worker: &mut Worker,
+) {
+    let start = Instant::now();
+    loop {
+        let done = successes(conn, uuids).await;
+        if done >= want {
+            return;
+        }
+        assert!(worker.is_running(), "the worker process exited");
+        assert!(
+            start.elapsed() < limit,
+            "only {done} of {want} tasks succeeded after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut iter: redis::AsyncIter<'_, String> = conn.scan_match(pattern).await.expect("scan");
+    let mut out = Vec::new();
+    while let Some(k) = iter.next_item().await {
+        out.push(k.expect("key"));
+    }
+    out
+}
+
+async fn cleanup(conn: &mut MultiplexedConnection, ns: &str, uuids: &[String]) {
+    let mut all = keys(conn, &format!("{ns}*")).await;
+    all.extend(uuids.iter().cloned());
+    for chunk in all.chunks(1000) {
+        let _: () = conn.del(chunk).await.expect("del");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_worker_mid_run_loses_no_task() {
+    let Some(url) = machinery_testkit::env_url(URL_VAR) else {
+        return;
+    };
+    const N: usize = 10_000;
+    let ns = namespace();
+    let queue = format!("{ns}_tasks");
+    let mut conn = raw(&url).await;
+    let server = sender(&url, &queue).await;
+    let uuids = send_adds(&server, &queue, 0, N).await;
+    assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), N);
+
+    let mut first = Worker::start(&url, &queue, 16);
+    wait_for_successes(
+        &mut conn,
+        &uuids,
+        N / 4,
+        Duration::from_secs(120),
+        &mut first,
+    )
+    .await;
+    first.kill();
+    let killed_at = Instant::now();
+
+    // What the dead worker held: those already stored as SUCCESS will run a second time.
+    let mut held = Vec::new();
+    for key in keys(&mut conn, &format!("{queue}.processing.*")).await {
+        let msgs: Vec<Vec<u8>> = conn.lrange(&key, 0, -1).await.unwrap();
+        held.extend(msgs);
+    }
+    let held_uuids: Vec<String> = held
+        .iter()
+        .map(|m| Signature::from_json(m).expect("a signature").uuid)
+        .collect();
+    let duplicates = successes(&mut conn, &held_uuids).await;
+    let done_at_kill = successes(&mut conn, &uuids).await;
+
+    let mut second = Worker::start(&url, &queue, 16);
+    wait_for_successes(&mut conn, &uuids, N, Duration::from_secs(180), &mut second).await;
+    println!(
+        "killed the worker at {done_at_kill}/{N} SUCCESS holding {} unacked ({duplicates} of them \
+         already SUCCESS, so run twice); all {N} SUCCESS {:.1} s after the kill, 0 lost",
+        held.len(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(!held.is_empty(), "the killed worker held messages");
+    let left: usize = conn.llen(&queue).await.unwrap();
+    assert_eq!(left, 0);
+    second.kill();
+    cleanup(&mut conn, &ns, &uuids).await;
+}
+
+/// A redis-server this test owns, killed by PID when dropped.
+struct OwnRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnRedis {
+    async fn start(port: u16) -> OwnRedis {
+        let dir = std::env::temp_dir().join(namespace());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = OwnRedis {
+            child: None,
+            port,
+            dir,
+        };
+        r.restart().await;
+        r
+    }
+
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        let url = format!("redis://127.0.0.1:{}/", self.port);
+        loop {
+            if let Ok(client) = redis::Client::open(url.as_str()) {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    if redis::cmd("PING")
+                        .query_async::<String>(&mut c)
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_resumes_by_itself_after_a_redis_restart() {
+    if machinery_testkit::env_url(URL_VAR).is_none() {
+        return;
+    }
+    let mut redis_server = OwnRedis::start(6394).await;
+    let url = format!("redis://127.0.0.1:{}/", redis_server.port);
+    let ns = namespace();
+    let queue = format!("{ns}_tasks");
+    let mut worker = Worker::start(&url, &queue, 8);
+    let mut conn = raw(&url).await;
+    let server = sender(&url, &queue).await;
+    let before = send_adds(&server, &queue, 0, 500).await;
+    wait_for_successes(
+        &mut conn,
+        &before,
+        500,
+        Duration::from_secs(60),
+        &mut worker,
+    )
+    .await;
+
+    redis_server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(worker.is_running(), "the worker survives the outage");
+    redis_server.restart().await;
+
+    // Same worker process, same sender: both reconnect by themselves.
+    let mut conn = raw(&url).await;
+    let start = Instant::now();
+    let after = loop {
+        let sig = Signature::new("add")
+            .routing_key(&queue)
+            .arg(1_i64)
+            .arg(2_i64);
+        match server.send_task(sig).await {
+            Ok(r) => break vec![r.uuid().to_owned()],
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(20), "send: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let more = send_adds(&server, &queue, 1000, 500).await;
+    let all: Vec<String> = after.into_iter().chain(more).collect();
+    wait_for_successes(
+        &mut conn,
+        &all,
+        all.len(),
+        Duration::from_secs(60),
+        &mut worker,
+    )
+    .await;
+    println!(
+        "worker resumed {:.1} s after redis came back",
+        start.elapsed().as_secs_f64()
+    );
+    worker.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_and_the_worker_stays_up() {
+    let Some(url) = machinery_testkit::env_url(URL_VAR) else {
+        return;
+    };
+    let ns = namespace();
+    let queue = format!("{ns}_tasks");
+    let mut conn = raw(&url).await;
+    let mut worker = Worker::start(&url, &queue, 4);
+    let garbage: [&[u8]; 3] = [b"{not json", b"[1,2,3]", b"\"just a string\""];
+    for body in garbage {
+        let _: () = conn.rpush(&queue, body).await.unwrap();
+    }
+    let server = sender(&url, &queue).await;
+    let good = send_adds(&server, &queue, 0, 10).await;
+    wait_for_successes(&mut conn, &good, 10, Duration::from_secs(30), &mut worker).await;
+    let dead_key = format!("{queue}.dead");
+    let start = Instant::now();
+    loop {
+        let n: usize = conn.llen(&dead_key).await.unwrap();
+        if n == garbage.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{n} dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries: Vec<String> = conn.lrange(&dead_key, 0, -1).await.unwrap();
+    let bodies: HashSet<String> = entries
+        .iter()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(e).unwrap();
+            assert!(!v["reason"].as_str().unwrap().is_empty());
+            v["body"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let want: HashSet<String> = garbage
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        .collect();
+    assert_eq!(bodies, want);
+    assert!(worker.is_running());
+    worker.kill();
+    cleanup(&mut conn, &ns, &good).await;
+}
