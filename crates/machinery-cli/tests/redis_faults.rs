@@ -199,6 +199,19 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     cleanup(&mut conn, &ns, &uuids).await;
 }
 
+async fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("PING")
+        .query_async::<String>(&mut c)
+        .await
+        .is_ok()
+}
+
 /// A redis-server this test owns, killed by PID when dropped.
 struct OwnRedis {
     child: Option<Child>,
@@ -232,16 +245,8 @@ impl OwnRedis {
         let start = Instant::now();
         let url = format!("redis://127.0.0.1:{}/", self.port);
         loop {
-            if let Ok(client) = redis::Client::open(url.as_str()) {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    if redis::cmd("PING")
-                        .query_async::<String>(&mut c)
-                        .await
-                        .is_ok()
-                    {
-                        return;
-                    }
-                }
+            if ping(&url).await {
+                return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
