@@ -11,7 +11,7 @@ use machinery_core::{
 };
 use redis::AsyncCommands;
 
-use crate::client::Conn;
+use crate::client::{Conn, retry_once};
 use crate::config::RedisConfig;
 use crate::error::{self, DRIVER};
 use crate::scripts;
@@ -87,6 +87,15 @@ impl RedisBackend {
 
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// `SET key body EX ttl`, once more after a dropped connection (same bytes, same key).
+    async fn put(&self, key: &str, body: &[u8]) -> redis::RedisResult<()> {
+        let ttl = self.inner.ttl_secs;
+        retry_once(&self.inner.conn, |mut c| async move {
+            c.set_ex::<_, _, ()>(key, body, ttl).await
+        })
+        .await
     }
 
     fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
@@ -239,11 +248,10 @@ impl Backend for RedisBackend {
         let ttl = self.inner.ttl_secs;
         let key = &state.task_uuid;
         let fail = |e| error::map(format!("cannot store the state of {key}"), e);
-        let mut conn = self.conn();
         if state.state == State::Pending {
             // Go writes PENDING afresh (a retry gets a new CreatedAt).
             self.forget(key);
-            return conn.set_ex::<_, _, ()>(key, json, ttl).await.map_err(fail);
+            return self.put(key, &json).await.map_err(fail);
         }
         let p = split_state(&json, state)?;
         let run_ends = state.state.is_completed() || state.state == State::Retry;
@@ -253,19 +261,25 @@ impl Backend for RedisBackend {
             if run_ends {
                 self.forget(key);
             }
-            return conn.set_ex::<_, _, ()>(key, body, ttl).await.map_err(fail);
+            return self.put(key, &body).await.map_err(fail);
         }
-        let (name, created): (Vec<u8>, Vec<u8>) = scripts::SET_STATE
-            .key(key)
-            .arg(ttl)
-            .arg(p.head)
-            .arg(p.name)
-            .arg(p.middle)
-            .arg(p.created)
-            .arg(p.tail)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(fail)?;
+        let (name, created): (Vec<u8>, Vec<u8>) = retry_once(&self.inner.conn, |mut c| {
+            let p = &p;
+            async move {
+                scripts::SET_STATE
+                    .key(key)
+                    .arg(ttl)
+                    .arg(p.head)
+                    .arg(p.name)
+                    .arg(p.middle)
+                    .arg(p.created)
+                    .arg(p.tail)
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
+        .map_err(fail)?;
         if !run_ends {
             self.remember(key, name, created);
         }
@@ -273,9 +287,11 @@ impl Backend for RedisBackend {
     }
 
     async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {
-        let mut conn = self.conn();
-        let raw: Option<Vec<u8>> = conn
-            .get(task_uuid)
+        let raw: Option<Vec<u8>> =
+            retry_once(
+                &self.inner.conn,
+                |mut c| async move { c.get(task_uuid).await },
+            )
             .await
             .map_err(|e| error::map(format!("cannot read the state of {task_uuid}"), e))?;
         raw.map(|r| TaskState::from_json(&r)).transpose()
@@ -283,10 +299,13 @@ impl Backend for RedisBackend {
 
     async fn init_group(&self, group_uuid: &str, task_uuids: &[String]) -> Result<()> {
         let meta = GroupMeta::new(group_uuid, task_uuids.to_vec()).to_json()?;
-        let mut conn = self.conn();
-        conn.set_ex::<_, _, ()>(group_uuid, meta, self.inner.ttl_secs)
-            .await
-            .map_err(|e| error::map(format!("cannot store group {group_uuid}"), e))
+        let ttl = self.inner.ttl_secs;
+        retry_once(&self.inner.conn, |mut c| {
+            let meta = &meta;
+            async move { c.set_ex::<_, _, ()>(group_uuid, meta, ttl).await }
+        })
+        .await
+        .map_err(|e| error::map(format!("cannot store group {group_uuid}"), e))
     }
 
     async fn group_states(&self, group_uuid: &str) -> Result<Vec<TaskState>> {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, Backoff};
+use crate::client::{self, Backoff, retry_once};
 use crate::config::{RedisConfig, Target};
 use crate::error::{self, DRIVER};
 use crate::scripts;
@@ -446,20 +446,6 @@ fn decode_all(raw: &[Vec<u8>], key: &str) -> Vec<Signature> {
             }
         })
         .collect()
-}
-
-/// Run a command on the shared connection, once more if the connection had dropped (the
-/// manager reconnects in between), so that a server restart is invisible to idempotent-enough
-/// calls.
-async fn retry_once<T, F, Fut>(conn: &ConnectionManager, f: F) -> RedisResult<T>
-where
-    F: Fn(ConnectionManager) -> Fut,
-    Fut: Future<Output = RedisResult<T>>,
-{
-    match f(conn.clone()).await {
-        Err(e) if error::is_connection_lost(&e) => f(conn.clone()).await,
-        other => other,
-    }
 }
 
 /// One consumer stream's identity and its keys; shared by its fetch task and its deliveries.

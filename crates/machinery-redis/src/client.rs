@@ -196,6 +196,20 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// Run a command, once more if the connection had dropped (the connection reconnects in
+/// between), so that a server restart is invisible to calls that may safely run twice.
+pub(crate) async fn retry_once<C, T, F, Fut>(conn: &C, f: F) -> redis::RedisResult<T>
+where
+    C: Clone + Sync,
+    F: Fn(C) -> Fut + Send,
+    Fut: Future<Output = redis::RedisResult<T>> + Send,
+{
+    match f(conn.clone()).await {
+        Err(e) if error::is_connection_lost(&e) => f(conn.clone()).await,
+        other => other,
+    }
+}
+
 /// Exponential pause between reconnection attempts: 100 ms doubling up to a maximum.
 #[derive(Debug)]
 pub(crate) struct Backoff {
