@@ -771,3 +771,117 @@ async fn tls_url_works_with_a_private_ca_and_insecure() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_and_lock_work_on_a_redis_cluster() {
+    if common::url().is_none() {
+        return;
+    }
+    let ports = [7111_u16, 7112, 7113];
+    let mut servers = Vec::new();
+    for port in ports {
+        let url = format!("redis://127.0.0.1:{port}/");
+        let p = port.to_string();
+        servers.push(
+            common::RedisServer::start(
+                &url,
+                &[
+                    "--port",
+                    &p,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ],
+            )
+            .await,
+        );
+    }
+    let mut create = std::process::Command::new("redis-cli");
+    create.args(["--cluster", "create"]);
+    for port in ports {
+        create.arg(format!("127.0.0.1:{port}"));
+    }
+    let status = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli --cluster create");
+    assert!(status.success());
+    // Wait until every slot is served.
+    let start = Instant::now();
+    loop {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", "7111", "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "cluster not ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let url = format!("redis://127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let ns = common::namespace();
+    let backend = RedisBackend::connect(common::config(&url, &ns))
+        .await
+        .expect("cluster");
+    let caps = backend.capabilities();
+    assert!(caps.expiry && caps.keeps_created_at);
+    assert!(!caps.batched_group_states && !caps.group_completion_counter);
+    let members: Vec<Signature> = (0..20).map(|n| task("q", n)).collect();
+    let uuids: Vec<String> = members.iter().map(|s| s.uuid.clone()).collect();
+    let group = format!("group_{ns}");
+    backend.init_group(&group, &uuids).await.unwrap();
+    for sig in &members[..10] {
+        backend.set_state(&TaskState::pending(sig)).await.unwrap();
+        backend
+            .set_state(&TaskState::new(sig, State::Success))
+            .await
+            .unwrap();
+    }
+    let states = backend.group_states(&group).await.unwrap();
+    assert_eq!(states.len(), 20);
+    assert!(states[..10].iter().all(|s| s.state == State::Success));
+    assert!(states[10..].iter().all(|s| s.state == State::Pending));
+    assert_eq!(
+        backend
+            .mark_group_member_done(&group, &uuids[0])
+            .await
+            .unwrap(),
+        10
+    );
+    let flips = futures::future::join_all((0..20).map(|_| backend.trigger_chord(&group))).await;
+    assert_eq!(
+        flips.into_iter().filter(|r| *r.as_ref().unwrap()).count(),
+        1
+    );
+    backend.purge_group(&group).await.unwrap();
+    assert!(matches!(
+        backend.group_states(&group).await,
+        Err(machinery_core::Error::NotFound(_))
+    ));
+    let lock = RedisLock::connect(common::config(&url, &ns)).await.unwrap();
+    let deadline = machinery_core::time::unix_nanos(&machinery_core::time::now()) + 1_000_000_000;
+    assert!(
+        lock.try_lock(&format!("{ns}_lock"), deadline)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !lock
+            .try_lock(&format!("{ns}_lock"), deadline)
+            .await
+            .unwrap()
+    );
+    // The broker needs a single node.
+    let err = RedisBroker::from_url(&url)
+        .await
+        .expect_err("cluster broker");
+    assert!(
+        matches!(err, machinery_core::Error::Unsupported { .. }),
+        "{err}"
+    );
+    drop(servers);
+}
