@@ -14,6 +14,7 @@ fn scheme_of(url: &str) -> &str {
     }
 }
 
+#[cfg(not(all(feature = "redis", feature = "amqp")))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),

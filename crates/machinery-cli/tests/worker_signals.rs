@@ -1,0 +1,114 @@
+//! `machinery worker` as a process: the first SIGTERM lets the running long_running_task finish
+//! and the process exits 0; a second SIGTERM makes it exit at once (status 130) without
+//! finishing it (its message stays unacked, for the lease recovery to hand out again). Uses Redis so a separate process can send to the worker
+//! (needs `MACHINERY_TEST_REDIS_URL`; unset = skipped).
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use machinery::{Config, Server, Signature, State, server_from_config};
+
+fn spawn_worker(url: &str, queue: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_machinery"))
+        .args([
+            "worker",
+            "--broker",
+            url,
+            "--backend",
+            url,
+            "--queue",
+            queue,
+            "-c",
+            "2",
+        ])
+        .env("MACHINERY_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn machinery worker")
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -TERM failed");
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("worker did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn wait_state(server: &Server, uuid: &str, want: State, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = server.backend().state(uuid).await.expect("state")
+            && st.state == want
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{uuid} never reached {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_running_task_and_a_second_one_exits_at_once() {
+    let Some(url) = machinery_testkit::env_url("MACHINERY_TEST_REDIS_URL") else {
+        return;
+    };
+    let queue = format!("sig_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let sender = server_from_config(Config {
+        broker: url.clone(),
+        result_backend: url.clone(),
+        default_queue: queue.clone(),
+        ..Config::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("MACHINERY_TEST_REDIS_URL is set but redis is unreachable: {e}"));
+
+    // First SIGTERM: the 10 s task runs to the end, then exit status 0.
+    let mut worker = spawn_worker(&url, &queue);
+    let r = sender
+        .send_task(Signature::new("long_running_task"))
+        .await
+        .unwrap();
+    wait_state(&sender, r.uuid(), State::Started, Duration::from_secs(20)).await;
+    let signalled = Instant::now();
+    sigterm(&worker);
+    let status = wait_exit(&mut worker, Duration::from_secs(30));
+    assert!(status.success(), "graceful stop must exit 0, got {status}");
+    assert_eq!(r.state().await.unwrap().state, State::Success);
+    assert!(
+        signalled.elapsed() > Duration::from_secs(1),
+        "exited before the running task could finish"
+    );
+
+    // Two SIGTERMs: exit at once with 130, the task unfinished.
+    let mut worker = spawn_worker(&url, &queue);
+    let r = sender
+        .send_task(Signature::new("long_running_task"))
+        .await
+        .unwrap();
+    wait_state(&sender, r.uuid(), State::Started, Duration::from_secs(20)).await;
+    let signalled = Instant::now();
+    sigterm(&worker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&worker);
+    let status = wait_exit(&mut worker, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130), "second signal: {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert_ne!(r.state().await.unwrap().state, State::Success);
+    sender.broker().purge_queue(&queue).await.unwrap();
+}
