@@ -65,6 +65,8 @@ pub struct AmqpBroker {
 
 struct BrokerInner {
     config: Arc<AmqpConfig>,
+    declare_args: FieldTable,
+    bind_args: FieldTable,
     urls: String,
     publisher: Link,
     consumer: Link,
@@ -106,6 +108,8 @@ impl AmqpBroker {
         publisher.session().await?;
         Ok(AmqpBroker {
             inner: Arc::new(BrokerInner {
+                declare_args: field_table("amqp.queue_declare_args", &config.queue_declare_args)?,
+                bind_args: field_table("amqp.queue_binding_args", &config.queue_binding_args)?,
                 config,
                 urls: redacted,
                 publisher,
@@ -167,10 +171,23 @@ fn dead_letter_queue(queue: &str) -> String {
 }
 
 /// Milliseconds until `eta` rounded up (plus one so that a server clock read at millisecond
-/// precision never lets it out early); `None` when it is not in the future.
+/// precision never lets it out early), then up to a step of at most a tenth of the delay and
+/// at most one second, so that tasks due at nearly the same time share one delay queue (Go
+/// declares one queue per distinct millisecond, which makes a burst of delayed tasks create
+/// thousands of queues); `None` when it is not in the future.
 fn delay_until(eta: &machinery_core::Timestamp) -> Option<i64> {
     let micros = eta.signed_duration_since(time::now()).num_microseconds()?;
-    (micros > 0).then(|| (micros + 999) / 1000 + 1)
+    (micros > 0).then(|| quantize((micros + 999) / 1000 + 1))
+}
+
+fn quantize(ms: i64) -> i64 {
+    let step = match ms {
+        ..=99 => 1,
+        100..=999 => 10,
+        1000..=9999 => 100,
+        _ => 1000,
+    };
+    (ms + step - 1) / step * step
 }
 
 fn duration_ms(d: Duration) -> i64 {
@@ -191,11 +208,11 @@ impl BrokerInner {
     }
 
     fn bind_args(&self) -> FieldTable {
-        field_table("amqp.queue_binding_args", &self.config.queue_binding_args).unwrap_or_default()
+        self.bind_args.clone()
     }
 
     fn declare_args(&self) -> FieldTable {
-        field_table("amqp.queue_declare_args", &self.config.queue_declare_args).unwrap_or_default()
+        self.declare_args.clone()
     }
 
     /// The queue a Go producer declares before publishing with `routing_key`: for a direct
@@ -786,7 +803,13 @@ mod tests {
         assert_eq!(delay_until(&past), None);
         let soon = time::now() + chrono::Duration::milliseconds(1500);
         let ms = delay_until(&soon).unwrap();
-        assert!((1490..=1502).contains(&ms), "{ms}");
+        assert!((1490..=1600).contains(&ms), "{ms}");
+        assert_eq!(ms % 100, 0);
+        assert_eq!(quantize(99), 99);
+        assert_eq!(quantize(101), 110);
+        assert_eq!(quantize(1001), 1100);
+        assert_eq!(quantize(10_001), 11_000);
+        assert_eq!(quantize(3_600_000), 3_600_000);
         assert_eq!(duration_ms(Duration::from_micros(1001)), 2);
         assert_eq!(duration_ms(Duration::from_secs(1)), 1000);
     }

@@ -65,7 +65,11 @@ pub(crate) struct Session {
     confirm: Channel,
     pool: Mutex<Vec<Channel>>,
     declared: Mutex<HashMap<String, Option<Instant>>>,
+    declaring: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Session::declaring`].
+const DECLARE_STRIPES: usize = 64;
 
 impl Session {
     /// Both the connection and the publishing channel are usable.
@@ -136,6 +140,17 @@ impl Session {
             declared.clear();
         }
         declared.insert(key, valid_for.map(|d| Instant::now() + d));
+    }
+
+    /// A lock shared by every declaration of `key` on this connection (and a few others), so
+    /// that concurrent publishers to a new queue declare it once.
+    pub(crate) async fn declaring(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        self.declaring[(h.finish() % DECLARE_STRIPES as u64) as usize]
+            .lock()
+            .await
     }
 
     /// Forget a declaration (the queue was deleted or a message to it came back unroutable).
@@ -366,6 +381,9 @@ impl Link {
             confirm,
             pool: Mutex::new(Vec::new()),
             declared: Mutex::new(HashMap::new()),
+            declaring: (0..DECLARE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 

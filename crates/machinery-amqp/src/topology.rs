@@ -113,6 +113,10 @@ pub(crate) async fn ensure_queue(
     if session.is_declared(&key) {
         return Ok(());
     }
+    let _once = session.declaring(&key).await;
+    if session.is_declared(&key) {
+        return Ok(());
+    }
     let mut ch = session.channel().await?;
     declare_on(&ch, spec).await?;
     ch.keep();

@@ -188,6 +188,9 @@ pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
     config.no_unix_signals = true;
     // A fresh queue per run so old messages never skew a figure.
     config.default_queue = format!("{}_bench_{}", config.default_queue, std::process::id());
+    // AMQP: the default routing key is the binding key; keep it on the bench queue
+    // (otherwise every task is also copied to an orphan `machinery_task` queue).
+    config.amqp.binding_key = config.default_queue.clone();
     header(&config, args);
     let kinds = match args.kind {
         Kind::All => vec![
@@ -258,6 +261,7 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
 async fn drain(config: &Config, args: &BenchArgs) -> Result<()> {
     let mut config = config.clone();
     config.default_queue.push_str("_drain");
+    config.amqp.binding_key = config.default_queue.clone(); // see `run`
     let p = pair(&config).await?;
     let sigs = adds(args.n);
     let sample = sample_uuids(&sigs);
@@ -289,6 +293,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn latency(config: &Config, args: &BenchArgs) -> Result<()> {
     let mut config = config.clone();
     config.default_queue.push_str("_latency");
+    config.amqp.binding_key = config.default_queue.clone(); // see `run`
     let p = pair(&config).await?;
     let w = p.launch(args.concurrency);
     let mut samples = Vec::with_capacity(args.latency_n);
@@ -340,6 +345,7 @@ async fn one_round_trip(p: &Pair, i: usize) -> Result<Duration> {
 async fn delayed(config: &Config, args: &BenchArgs) -> Result<()> {
     let mut config = config.clone();
     config.default_queue.push_str("_delayed");
+    config.amqp.binding_key = config.default_queue.clone(); // see `run`
     let p = pair(&config).await?;
     let w = p.launch(args.concurrency);
     let n = args.delayed_n;
@@ -378,6 +384,7 @@ async fn chord(config: &Config, args: &BenchArgs) -> Result<()> {
     for n in sizes {
         let mut config = config.clone();
         config.default_queue.push_str(&format!("_chord{n}"));
+        config.amqp.binding_key = config.default_queue.clone(); // see `run`
         let p = pair(&config).await?;
         let w = p.launch(args.concurrency);
         let members: Vec<Signature> = (0..n).map(|_| Signature::new("add").arg(1i64)).collect();

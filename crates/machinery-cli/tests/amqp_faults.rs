@@ -1,0 +1,441 @@
+//! Fault tests of the AMQP broker with real worker processes (`machinery worker`), Redis as
+//! the result backend: a worker killed with SIGKILL in the middle of 10 000 tasks, a RabbitMQ
+//! restart during a run (on a private RabbitMQ node this test starts on port 5699; the
+//! machine's RabbitMQ is never touched), and malformed messages. Needs
+//! `MACHINERY_TEST_AMQP_URL` and `MACHINERY_TEST_REDIS_URL` (unset = skipped).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use machinery::Broker as _;
+use machinery::amqp::{AmqpBroker, AmqpConfig};
+use machinery::{Config, Server, Signature, server_from_config};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+
+const AMQP_VAR: &str = "MACHINERY_TEST_AMQP_URL";
+const REDIS_VAR: &str = "MACHINERY_TEST_REDIS_URL";
+
+fn namespace() -> String {
+    format!("af{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Where one test's tasks go: exchange and queue of its own (binding key = queue).
+#[derive(Clone)]
+struct Setup {
+    amqp: String,
+    redis: String,
+    exchange: String,
+    queue: String,
+}
+
+impl Setup {
+    fn new(amqp: &str, redis: &str) -> Setup {
+        let ns = namespace();
+        Setup {
+            amqp: amqp.to_owned(),
+            redis: redis.to_owned(),
+            exchange: format!("{ns}_exchange"),
+            queue: format!("{ns}_tasks"),
+        }
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config {
+            broker: self.amqp.clone(),
+            result_backend: self.redis.clone(),
+            default_queue: self.queue.clone(),
+            ..Config::default()
+        };
+        config.amqp.exchange = self.exchange.clone();
+        config.amqp.binding_key = self.queue.clone();
+        config
+    }
+
+    /// A `machinery worker` process on this setup.
+    fn worker(&self, concurrency: usize) -> Worker {
+        let child = Command::new(env!("CARGO_BIN_EXE_machinery"))
+            .args(["worker", "--broker", &self.amqp, "--backend", &self.redis])
+            .args(["--queue", &self.queue, "-c", &concurrency.to_string()])
+            .env("DEFAULT_QUEUE", &self.queue)
+            .env("AMQP_EXCHANGE", &self.exchange)
+            .env("AMQP_BINDING_KEY", &self.queue)
+            .env("MACHINERY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn machinery worker");
+        Worker(Some(child))
+    }
+
+    async fn sender(&self) -> Server {
+        server_from_config(self.config()).await.expect("sender")
+    }
+
+    /// Delete the queues and exchanges of this setup.
+    async fn cleanup(&self) {
+        let conn = lapin::Connection::connect(&self.amqp, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect for clean-up");
+        for q in [self.queue.clone(), format!("{}.dead", self.queue)] {
+            let ch = conn.create_channel().await.expect("channel");
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        for x in [self.exchange.clone(), format!("{}.dead", self.exchange)] {
+            let ch = conn.create_channel().await.expect("channel");
+            let _ = ch
+                .exchange_delete(x.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// A `machinery worker` process, killed (SIGKILL) when dropped.
+struct Worker(Option<Child>);
+
+impl Worker {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn redis_conn(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{REDIS_VAR} is set but redis is unreachable: {e}"))
+}
+
+async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> Vec<String> {
+    futures::stream::iter(from..from + n)
+        .map(|i| {
+            let sig = Signature::new("add")
+                .routing_key(queue)
+                .arg(i as i64)
+                .arg(1_i64);
+            async move { server.send_task(sig).await.expect("send").uuid().to_owned() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
+/// How many of `uuids` have a SUCCESS state stored.
+async fn successes(conn: &mut MultiplexedConnection, uuids: &[String]) -> usize {
+    let mut n = 0;
+    for chunk in uuids.chunks(1000) {
+        let states: Vec<Option<String>> = conn.mget(chunk).await.expect("mget");
+        n += states
+            .iter()
+            .flatten()
+            .filter(|s| s.contains("\"State\":\"SUCCESS\""))
+            .count();
+    }
+    n
+}
+
+async fn wait_for_successes(
+    conn: &mut MultiplexedConnection,
+    uuids: &[String],
+    want: usize,
+    limit: Duration,
+    worker: &mut Worker,
+) {
+    let start = Instant::now();
+    loop {
+        let done = successes(conn, uuids).await;
+        if done >= want {
+            return;
+        }
+        assert!(worker.is_running(), "the worker process exited");
+        assert!(
+            start.elapsed() < limit,
+            "only {done} of {want} tasks succeeded after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn delete_states(conn: &mut MultiplexedConnection, uuids: &[String]) {
+    for chunk in uuids.chunks(1000) {
+        let _: () = conn.del(chunk).await.expect("del");
+    }
+}
+
+fn urls() -> Option<(String, String)> {
+    let amqp = machinery_testkit::env_url(AMQP_VAR)?;
+    let redis = machinery_testkit::env_url(REDIS_VAR)?;
+    Some((amqp, redis))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_a_worker_mid_run_loses_no_task() {
+    let Some((amqp, redis_url)) = urls() else {
+        return;
+    };
+    const N: usize = 10_000;
+    let setup = Setup::new(&amqp, &redis_url);
+    let mut conn = redis_conn(&redis_url).await;
+    let server = setup.sender().await;
+    // The queue must exist before the tasks are published (the worker declares it too).
+    let mut first = setup.worker(16);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill();
+    let uuids = send_adds(&server, &setup.queue, 0, N).await;
+    assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), N);
+
+    let mut first = setup.worker(16);
+    wait_for_successes(
+        &mut conn,
+        &uuids,
+        N / 4,
+        Duration::from_secs(120),
+        &mut first,
+    )
+    .await;
+    first.kill();
+    let killed_at = Instant::now();
+    let done_at_kill = successes(&mut conn, &uuids).await;
+
+    let mut second = setup.worker(16);
+    wait_for_successes(&mut conn, &uuids, N, Duration::from_secs(180), &mut second).await;
+    println!(
+        "killed the worker (SIGKILL) at {done_at_kill}/{N} SUCCESS; all {N} SUCCESS {:.1} s \
+         after the kill, 0 lost",
+        killed_at.elapsed().as_secs_f64()
+    );
+    second.kill();
+    let broker = AmqpBroker::connect(AmqpConfig::from_machinery(&amqp, &setup.config()))
+        .await
+        .expect("inspect");
+    assert!(
+        broker
+            .pending_tasks(&setup.queue)
+            .await
+            .expect("pending")
+            .is_empty(),
+        "tasks left in the queue"
+    );
+    broker.close().await.expect("close");
+    setup.cleanup().await;
+    delete_states(&mut conn, &uuids).await;
+}
+
+/// A RabbitMQ node of this test (port 5699), restarted by killing its process (SIGKILL, by
+/// the PID it wrote) and starting it again on the same data directory.
+struct OwnRabbit {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnRabbit {
+    const NODE: &'static str = "rabbit_amqpfaults@localhost";
+
+    async fn start(port: u16) -> Option<OwnRabbit> {
+        if !Path::new("/usr/sbin/rabbitmq-server").exists() {
+            println!("skipped: rabbitmq-server is not installed");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("machinery-amqp-faults-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("node dir");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .expect("node config");
+        // The Debian wrapper runs the node as user rabbitmq.
+        let _ = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status();
+        let node = OwnRabbit { dir, port };
+        node.launch().await;
+        Some(node)
+    }
+
+    fn pid(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    async fn launch(&self) {
+        let _ = std::fs::remove_file(self.dir.join("pid"));
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", Self::NODE)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", (self.port + 20000).to_string())
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run rabbitmq-server");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        let start = Instant::now();
+        loop {
+            let up = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok();
+            if up && self.pid().is_some() {
+                // The listener opens late in the boot: a moment more for the vhost.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the private RabbitMQ node did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            let _ = std::fs::remove_file(self.dir.join("pid"));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for OwnRabbit {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_and_sender_resume_after_a_rabbitmq_restart() {
+    let Some((_, redis_url)) = urls() else {
+        return;
+    };
+    let Some(node) = OwnRabbit::start(5699).await else {
+        return;
+    };
+    let setup = Setup::new(&node.url(), &redis_url);
+    let mut conn = redis_conn(&redis_url).await;
+    let mut worker = setup.worker(8);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = setup.sender().await;
+    let mut all = send_adds(&server, &setup.queue, 0, 500).await;
+    wait_for_successes(&mut conn, &all, 500, Duration::from_secs(60), &mut worker).await;
+
+    // A run in progress: 2 000 tasks queued, RabbitMQ killed while the worker drains them,
+    // and a sender that keeps sending through the outage.
+    all.extend(send_adds(&server, &setup.queue, 1000, 2000).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.kill();
+    let killed_at = Instant::now();
+    let during = {
+        let server = server.clone();
+        let queue = setup.queue.clone();
+        tokio::spawn(async move { send_adds(&server, &queue, 5000, 200).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(worker.is_running(), "the worker survives the outage");
+    node.launch().await;
+    let back_at = Instant::now();
+    all.extend(during.await.expect("sender during the outage"));
+    all.extend(send_adds(&server, &setup.queue, 9000, 300).await);
+    let total = all.len();
+    wait_for_successes(
+        &mut conn,
+        &all,
+        total,
+        Duration::from_secs(120),
+        &mut worker,
+    )
+    .await;
+    println!(
+        "RabbitMQ killed (SIGKILL) mid-run and restarted after {:.1} s; sender and worker \
+         resumed by themselves; all {total} tasks SUCCESS {:.1} s after it came back, 0 lost",
+        back_at.duration_since(killed_at).as_secs_f64(),
+        back_at.elapsed().as_secs_f64()
+    );
+    worker.kill();
+    delete_states(&mut conn, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_and_the_worker_stays_up() {
+    let Some((amqp, redis_url)) = urls() else {
+        return;
+    };
+    let setup = Setup::new(&amqp, &redis_url);
+    let mut conn = redis_conn(&redis_url).await;
+    let mut worker = setup.worker(4);
+    let broker = AmqpBroker::connect(AmqpConfig::from_machinery(&amqp, &setup.config()))
+        .await
+        .expect("connect");
+    let garbage: [&[u8]; 3] = [b"{not json", b"[1,2,3]", b""];
+    for body in garbage {
+        broker
+            .publish_raw(&setup.queue, body)
+            .await
+            .expect("publish garbage");
+    }
+    let server = setup.sender().await;
+    let good = send_adds(&server, &setup.queue, 0, 10).await;
+    wait_for_successes(&mut conn, &good, 10, Duration::from_secs(30), &mut worker).await;
+    let start = Instant::now();
+    let letters = loop {
+        let letters = broker
+            .dead_letters(&setup.queue)
+            .await
+            .expect("dead letters");
+        if letters.len() == garbage.len() {
+            break letters;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} dead letters",
+            letters.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let bodies: HashSet<Vec<u8>> = letters.iter().map(|l| l.body.clone()).collect();
+    let want: HashSet<Vec<u8>> = garbage.iter().map(|b| b.to_vec()).collect();
+    assert_eq!(bodies, want);
+    assert!(letters.iter().all(|l| !l.reason.is_empty()));
+    assert!(worker.is_running());
+    worker.kill();
+    broker.close().await.expect("close");
+    setup.cleanup().await;
+    delete_states(&mut conn, &good).await;
+}
