@@ -130,7 +130,14 @@ async fn wait_for_successes(
 }
 
 async fn keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
-    let mut iter: redis::AsyncIter<'_, String> = conn.scan_match(pattern).await.expect("scan");
+    let mut iter: redis::AsyncIter<'_, String> = conn
+        .scan_options(
+            redis::ScanOptions::default()
+                .with_pattern(pattern)
+                .with_count(5000),
+        )
+        .await
+        .expect("scan");
     let mut out = Vec::new();
     while let Some(k) = iter.next_item().await {
         out.push(k.expect("key"));

@@ -16,7 +16,7 @@ use machinery_core::{
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncCommands, Client, RedisResult};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Backoff, retry_once};
@@ -368,6 +368,8 @@ impl Broker for RedisBroker {
             conn: self.inner.conn.clone(),
             delayed_key: config.delayed_tasks_key.clone(),
             default_queue: config.default_queue.clone(),
+            acks: std::sync::Mutex::new(AckQueue::default()),
+            ack_wake: Notify::new(),
         });
         // Register before taking anything, so that a crash right after the first move is
         // recovered; recover dead consumers of this queue at once.
@@ -381,7 +383,9 @@ impl Broker for RedisBroker {
             0 => UNLIMITED_PREFETCH,
             n => usize::from(n),
         };
-        let (tx, rx) = mpsc::channel(prefetch.min(1024) + 1);
+        // Room for every delivery the permits allow, so handing one over never waits (the
+        // fetch loop also carries acks and must not stall behind a consumer that is not polling).
+        let (tx, rx) = mpsc::channel(prefetch + 1);
         let fetcher = Fetcher {
             consumer: Arc::clone(&consumer),
             client: self.inner.client.clone(),
@@ -457,6 +461,45 @@ struct Consumer {
     conn: ConnectionManager,
     delayed_key: String,
     default_queue: String,
+    acks: std::sync::Mutex<AckQueue>,
+    ack_wake: Notify,
+}
+
+/// Acks waiting to ride on the fetch loop's next round trip: the take script removes them
+/// from the processing list before it takes new messages, so a busy consumer settles and
+/// refills in one command instead of one `LREM` per message.
+#[derive(Default)]
+struct AckQueue {
+    pending: Vec<PendingAck>,
+    /// The fetch loop is blocked waiting for a message, or gone: ack directly.
+    direct: bool,
+}
+
+struct PendingAck {
+    raw: Vec<u8>,
+    /// `true` once removed; `false` means "not done, do it yourself".
+    done: oneshot::Sender<bool>,
+}
+
+impl Consumer {
+    fn ack_queue(&self) -> std::sync::MutexGuard<'_, AckQueue> {
+        self.acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hand the pending acks back to their callers, which then ack directly; until the fetch
+    /// loop batches again, every ack is direct.
+    fn stop_batching_acks(&self) {
+        let pending = {
+            let mut q = self.ack_queue();
+            q.direct = true;
+            std::mem::take(&mut q.pending)
+        };
+        for ack in pending {
+            let _ = ack.done.send(false);
+        }
+    }
 }
 
 impl Consumer {
@@ -568,25 +611,32 @@ impl Fetcher {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 _ = self.tx.closed() => break,
+                _ = self.consumer.ack_wake.notified() => None,
                 p = Arc::clone(&self.permits).acquire_owned() => match p {
-                    Ok(p) => p,
+                    Ok(p) => Some(p),
                     Err(_) => break,
                 },
             };
-            let mut permits = vec![first];
+            let mut permits: Vec<_> = first.into_iter().collect();
             while permits.len() < self.max_batch {
                 match Arc::clone(&self.permits).try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
             }
-            let step = match self.fetch(permits).await {
+            let acks = std::mem::take(&mut self.consumer.ack_queue().pending);
+            if permits.is_empty() && acks.is_empty() {
+                continue;
+            }
+            let step = match self.fetch(permits, acks).await {
                 Ok(step) => {
                     backoff.reset();
                     step
                 }
                 Err(e) => {
                     self.conn = None;
+                    // Until the loop is connected again, acks go out on their own.
+                    self.consumer.stop_batching_acks();
                     let err = error::map(format!("cannot consume {}", self.consumer.keys.queue), e);
                     if self.tx.send(Err(err)).await.is_err() {
                         break;
@@ -603,22 +653,54 @@ impl Fetcher {
                 break;
             }
         }
+        self.consumer.stop_batching_acks();
     }
 
-    /// Take up to `permits.len()` messages; when the queue is empty, block for one.
-    async fn fetch(&mut self, mut permits: Vec<OwnedSemaphorePermit>) -> RedisResult<Step> {
+    /// Settle `acks` and take up to `permits.len()` messages in one script call; when the
+    /// queue is empty, block for one.
+    async fn fetch(
+        &mut self,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        acks: Vec<PendingAck>,
+    ) -> RedisResult<Step> {
         let conn = match &mut self.conn {
             Some(c) => c,
-            None => self
-                .conn
-                .insert(client::blocking_connection(&self.config, &self.client).await?),
+            None => match client::blocking_connection(&self.config, &self.client).await {
+                Ok(c) => {
+                    self.consumer.ack_queue().direct = false;
+                    self.conn.insert(c)
+                }
+                Err(e) => {
+                    for ack in acks {
+                        let _ = ack.done.send(false);
+                    }
+                    return Err(e);
+                }
+            },
         };
-        let taken: Vec<Vec<u8>> = scripts::TAKE
-            .key(&self.consumer.keys.queue)
+        let mut call = scripts::TAKE.prepare_invoke();
+        call.key(&self.consumer.keys.queue)
             .key(&self.consumer.processing)
-            .arg(permits.len())
-            .invoke_async(conn)
-            .await?;
+            .arg(permits.len());
+        for ack in &acks {
+            call.arg(&ack.raw);
+        }
+        let reply: RedisResult<(i64, Vec<Vec<u8>>)> = call.invoke_async(conn).await;
+        let (missing, taken) = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                for ack in acks {
+                    let _ = ack.done.send(false);
+                }
+                return Err(e);
+            }
+        };
+        for ack in acks {
+            let _ = ack.done.send(true);
+        }
+        if missing > 0 {
+            warn_not_held(&self.consumer.keys.queue);
+        }
         if !taken.is_empty() {
             permits.truncate(taken.len());
             for (raw, permit) in taken.into_iter().zip(permits) {
@@ -628,19 +710,31 @@ impl Fetcher {
             }
             return Ok(Step::Continue);
         }
-        // Nothing waiting: block on one message. The pop is never cancelled half-way, so a
-        // message it moves always has a live (or recoverable) owner.
+        if permits.is_empty() {
+            return Ok(Step::Continue);
+        }
+        // Nothing waiting: block on one message, acking directly meanwhile (unless acks
+        // arrived since the take, which go out first). The pop is never cancelled half-way,
+        // so a message it moves always has a live (or recoverable) owner.
+        {
+            let mut q = self.consumer.ack_queue();
+            if !q.pending.is_empty() {
+                return Ok(Step::Continue);
+            }
+            q.direct = true;
+        }
         permits.truncate(1);
         let timeout = self.config.block_timeout().as_secs_f64();
-        let popped: Option<Vec<u8>> = redis::cmd("BLMOVE")
+        let popped: RedisResult<Option<Vec<u8>>> = redis::cmd("BLMOVE")
             .arg(&self.consumer.keys.queue)
             .arg(&self.consumer.processing)
             .arg("LEFT")
             .arg("RIGHT")
             .arg(timeout)
             .query_async(conn)
-            .await?;
-        if let Some(raw) = popped {
+            .await;
+        self.consumer.ack_queue().direct = false;
+        if let Some(raw) = popped? {
             let permit = permits.pop().expect("one permit kept");
             if !self.deliver(raw, permit).await {
                 return Ok(Step::Stop);
@@ -655,7 +749,7 @@ impl Fetcher {
         let acker = RedisAcker {
             consumer: Arc::clone(&self.consumer),
             raw,
-            _permit: permit,
+            permit: std::sync::Mutex::new(Some(permit)),
         };
         let delivery = Delivery::new(payload, false, Box::new(acker));
         self.tx.send(Ok(delivery)).await.is_ok()
@@ -679,12 +773,20 @@ impl Stream for ConsumerStream {
 struct RedisAcker {
     consumer: Arc<Consumer>,
     raw: Vec<u8>,
-    _permit: OwnedSemaphorePermit,
+    /// Released as soon as the delivery is settled (or dropped), so the consumer may take the
+    /// next message in the same round trip that settles this one.
+    permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
 }
 
-#[async_trait]
-impl Acknowledger for RedisAcker {
-    async fn ack(&self) -> Result<()> {
+impl RedisAcker {
+    fn release_permit(&self) {
+        self.permit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    async fn ack_directly(&self) -> Result<()> {
         let c = &self.consumer;
         retry_once(&c.conn, |mut conn| async move {
             conn.lrem::<_, _, i64>(&c.processing, 1, &self.raw).await
@@ -692,13 +794,44 @@ impl Acknowledger for RedisAcker {
         .await
         .map(|removed| {
             if removed == 0 {
-                tracing::warn!(
-                    queue = %c.keys.queue,
-                    "redis: acked a message that was no longer held (its lease had ended; it may run again)"
-                );
+                warn_not_held(&c.keys.queue);
             }
         })
         .map_err(|e| error::map(format!("cannot ack on {}", c.keys.queue), e))
+    }
+}
+
+fn warn_not_held(queue: &str) {
+    tracing::warn!(
+        queue,
+        "redis: acked a message that was no longer held (its lease had ended; it may run again)"
+    );
+}
+
+#[async_trait]
+impl Acknowledger for RedisAcker {
+    async fn ack(&self) -> Result<()> {
+        let c = &self.consumer;
+        let (done, applied) = oneshot::channel();
+        let queued = {
+            let mut q = c.ack_queue();
+            if !q.direct {
+                q.pending.push(PendingAck {
+                    raw: self.raw.clone(),
+                    done,
+                });
+            }
+            !q.direct
+        };
+        if !queued {
+            return self.ack_directly().await;
+        }
+        self.release_permit();
+        c.ack_wake.notify_one();
+        match applied.await {
+            Ok(true) => Ok(()),
+            _ => self.ack_directly().await,
+        }
     }
 
     async fn nack(&self, nack: Nack) -> Result<()> {

@@ -5,17 +5,28 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Move up to `ARGV[1]` messages from the head of the queue to the tail of the consumer's
-/// processing list and return them (oldest first).
+/// Settle acked messages and refill, in one step: remove each acked message (`ARGV[2..]`)
+/// from the consumer's processing list, then move up to `ARGV[1]` messages from the head of
+/// the queue to the tail of that list. Returns how many acked messages were no longer there
+/// and the messages taken (oldest first).
 ///
 /// KEYS: queue, processing list.
 pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local msgs = redis.call('LPOP', KEYS[1], ARGV[1])
-if not msgs then return {} end
-redis.call('RPUSH', KEYS[2], unpack(msgs))
-return msgs
+local missing = 0
+for i = 2, #ARGV do
+  if redis.call('LREM', KEYS[2], 1, ARGV[i]) == 0 then missing = missing + 1 end
+end
+local n = tonumber(ARGV[1])
+if n > 0 then
+  local msgs = redis.call('LPOP', KEYS[1], n)
+  if msgs then
+    redis.call('RPUSH', KEYS[2], unpack(msgs))
+    return {missing, msgs}
+  end
+end
+return {missing, {}}
 ",
     )
 });

@@ -171,7 +171,11 @@ async fn processing_lists(
 ) -> Vec<(String, usize)> {
     let keys: Vec<String> = {
         let mut iter: redis::AsyncIter<'_, String> = raw
-            .scan_match(format!("{queue}.processing.*"))
+            .scan_options(
+                redis::ScanOptions::default()
+                    .with_pattern(format!("{queue}.processing.*"))
+                    .with_count(5000),
+            )
             .await
             .unwrap();
         let mut keys = Vec::new();

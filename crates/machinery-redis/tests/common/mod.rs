@@ -52,8 +52,14 @@ pub async fn raw(url: &str) -> MultiplexedConnection {
 /// Delete every key that starts with `prefix`.
 pub async fn delete_prefix(conn: &mut MultiplexedConnection, prefix: &str) {
     let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<'_, String> =
-            conn.scan_match(format!("{prefix}*")).await.expect("scan");
+        let mut iter: redis::AsyncIter<'_, String> = conn
+            .scan_options(
+                redis::ScanOptions::default()
+                    .with_pattern(format!("{prefix}*"))
+                    .with_count(5000),
+            )
+            .await
+            .expect("scan");
         let mut keys = Vec::new();
         while let Some(k) = iter.next_item().await {
             keys.push(k.expect("scan item"));
