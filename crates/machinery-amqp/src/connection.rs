@@ -216,9 +216,16 @@ pub(crate) struct Link {
     tls: OwnedTLSConfig,
     current: Mutex<Option<Arc<Session>>>,
     reconnect: tokio::sync::Mutex<()>,
+    /// When and why the last connection attempt failed: callers arriving right after it fail
+    /// at once instead of queueing for attempts of their own (a black-holed host would make
+    /// each one wait for the connect timeout).
+    last_failure: Mutex<Option<(Instant, String)>>,
     ids: AtomicU64,
     closed: CancellationToken,
 }
+
+/// How long a failed connection attempt answers for the callers that waited for it.
+const FAILURE_MEMORY: Duration = Duration::from_millis(250);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,6 +263,7 @@ impl Link {
             },
             current: Mutex::new(None),
             reconnect: tokio::sync::Mutex::new(()),
+            last_failure: Mutex::new(None),
             ids: AtomicU64::new(1),
             closed: CancellationToken::new(),
         })
@@ -287,13 +295,29 @@ impl Link {
                 other => other.cloned(),
             }
         };
+        if let Some((at, why)) = lock(&self.last_failure).as_ref()
+            && at.elapsed() < FAILURE_MEMORY
+        {
+            return Err(error::temporary(why.clone()));
+        }
         if let Some(stale) = stale {
             tracing::warn!(role = self.role, url = %stale.url, "amqp connection lost, reconnecting");
             stale.close().await;
         }
-        let session = Arc::new(self.connect().await?);
-        *lock(&self.current) = Some(Arc::clone(&session));
-        Ok(session)
+        match self.connect().await {
+            Ok(session) => {
+                let session = Arc::new(session);
+                *lock(&self.current) = Some(Arc::clone(&session));
+                *lock(&self.last_failure) = None;
+                Ok(session)
+            }
+            Err(e) => {
+                if e.is_temporary() {
+                    *lock(&self.last_failure) = Some((Instant::now(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Drop session `id` if it is still the current one (after a failure that left it
