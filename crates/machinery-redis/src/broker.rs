@@ -18,6 +18,7 @@ use redis::{AsyncCommands, Client, RedisResult};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Backoff, retry_once};
 use crate::config::{RedisConfig, Target};
@@ -46,6 +47,8 @@ struct Inner {
     conn: ConnectionManager,
     cancel: CancellationToken,
     mover_started: AtomicBool,
+    /// Fetch loops and give-backs of stopped consumers, awaited by `close`.
+    tasks: TaskTracker,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -157,6 +160,7 @@ impl RedisBroker {
                 conn,
                 cancel: CancellationToken::new(),
                 mover_started: AtomicBool::new(false),
+                tasks: TaskTracker::new(),
             }),
         })
     }
@@ -370,6 +374,7 @@ impl Broker for RedisBroker {
             default_queue: config.default_queue.clone(),
             acks: std::sync::Mutex::new(AckQueue::default()),
             ack_wake: Notify::new(),
+            tasks: self.inner.tasks.clone(),
         });
         // Register before taking anything, so that a crash right after the first move is
         // recovered; recover dead consumers of this queue at once.
@@ -396,7 +401,7 @@ impl Broker for RedisBroker {
             max_batch: prefetch,
             cancel: self.inner.cancel.clone(),
         };
-        tokio::spawn(fetcher.run());
+        self.inner.tasks.spawn(fetcher.run());
         tokio::spawn(heartbeat(
             Arc::downgrade(&consumer),
             config.lease(),
@@ -434,6 +439,14 @@ impl Broker for RedisBroker {
 
     async fn close(&self) -> Result<()> {
         self.inner.cancel.cancel();
+        // Let the fetch loops finish their current pop and stopped consumers give back what
+        // they hold, so nothing waits for a lease to end after a clean shutdown.
+        let tasks = &self.inner.tasks;
+        tasks.close();
+        let limit = self.inner.config.block_timeout() + self.inner.config.response_timeout();
+        if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
+            tracing::warn!("redis: consumers did not stop within {limit:?}");
+        }
         Ok(())
     }
 }
@@ -463,6 +476,7 @@ struct Consumer {
     default_queue: String,
     acks: std::sync::Mutex<AckQueue>,
     ack_wake: Notify,
+    tasks: TaskTracker,
 }
 
 /// Acks waiting to ride on the fetch loop's next round trip: the take script removes them
@@ -551,7 +565,8 @@ impl Drop for Consumer {
         let keys = self.keys.clone();
         let processing = std::mem::take(&mut self.processing);
         let id = std::mem::take(&mut self.id);
-        handle.spawn(async move {
+        self.tasks.spawn_on(
+            async move {
             let released: RedisResult<usize> = scripts::RELEASE
                 .key(&processing)
                 .key(&keys.queue)
@@ -567,7 +582,9 @@ impl Drop for Consumer {
                     "redis: could not give back unacknowledged messages; they return once the lease ends"
                 ),
             }
-        });
+        },
+            &handle,
+        );
     }
 }
 

@@ -889,3 +889,34 @@ async fn backend_and_lock_work_on_a_redis_cluster() {
     );
     drop(servers);
 }
+
+#[tokio::test]
+async fn close_gives_back_what_stopped_consumers_held() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let config = common::config(&url, &ns);
+    let queue = config.default_queue.clone();
+    let broker = RedisBroker::connect(config).await.expect("connect");
+    let mut raw = common::raw(&url).await;
+    let sigs: Vec<Signature> = (0..3).map(|n| task(&queue, n)).collect();
+    for sig in &sigs {
+        broker.publish(sig).await.unwrap();
+    }
+    let mut stream = broker.consume(&queue, opts(3)).await.unwrap();
+    let first = next_task(&mut stream, Duration::from_secs(5)).await;
+    first.ack().await.unwrap();
+    let held = next_task(&mut stream, Duration::from_secs(5)).await;
+    drop(held);
+    drop(stream);
+    broker.close().await.unwrap();
+    // No lease to wait for: the two unsettled messages are back at the head, in order.
+    let listed: Vec<Vec<u8>> = raw.lrange(&queue, 0, -1).await.unwrap();
+    let uuids: Vec<String> = listed
+        .iter()
+        .map(|b| Signature::from_json(b).unwrap().uuid)
+        .collect();
+    assert_eq!(uuids, vec![sigs[1].uuid.clone(), sigs[2].uuid.clone()]);
+    let registered: usize = raw.zcard(format!("{queue}.consumers")).await.unwrap();
+    assert_eq!(registered, 0);
+    common::delete_prefix(&mut raw, &ns).await;
+}
