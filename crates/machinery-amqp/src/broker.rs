@@ -521,17 +521,23 @@ impl Acknowledger for AmqpAcker {
         match nack {
             Nack::Requeue { delay } if delay.is_some_and(|d| d >= Duration::from_millis(1)) => {
                 let delay_ms = duration_ms(delay.unwrap_or_default());
-                let mut properties = self.properties.clone();
-                properties = BasicProperties::default()
+                // The same message again, minus what the trip through the delay queue must
+                // not carry (an expiration of its own).
+                let original = &self.properties;
+                let mut properties = BasicProperties::default()
                     .with_content_type(
-                        properties
+                        original
                             .content_type()
                             .clone()
                             .unwrap_or_else(|| topology::CONTENT_TYPE.into()),
                     )
-                    .with_delivery_mode(topology::PERSISTENT)
-                    .with_headers(properties.headers().clone().unwrap_or_default())
-                    .with_priority(properties.priority().unwrap_or(0));
+                    .with_delivery_mode(topology::PERSISTENT);
+                if let Some(headers) = original.headers().clone() {
+                    properties = properties.with_headers(headers);
+                }
+                if let Some(priority) = *original.priority() {
+                    properties = properties.with_priority(priority);
+                }
                 self.broker
                     .publish_delayed(
                         &self.exchange,
