@@ -377,8 +377,11 @@ impl Runner {
                     }
                 }
                 Err(e) => {
-                    error!(error = %e, "cannot record the task's outcome; requeueing it");
-                    if let Err(e) = delivery.requeue(Some(Duration::from_secs(1))).await {
+                    // Temporary (connection) problems are retried soon; anything else slowly,
+                    // so a persistent fault does not spin but the task is never dropped.
+                    let delay = if e.is_temporary() { 1 } else { 10 };
+                    error!(error = %e, temporary = e.is_temporary(), "cannot record the task's outcome; requeueing it");
+                    if let Err(e) = delivery.requeue(Some(Duration::from_secs(delay))).await {
                         warn!(error = %e, "requeue failed; the message will be delivered again");
                     }
                 }
@@ -526,9 +529,19 @@ impl Runner {
             return Ok(());
         };
         let backend = self.server.backend();
-        let done = backend
+        let done = match backend
             .mark_group_member_done(&sig.group_uuid, &sig.uuid)
-            .await?;
+            .await
+        {
+            Ok(done) => done,
+            Err(Error::NotFound(_)) => {
+                // A group this backend never recorded (e.g. sent by a Go producer whose
+                // backend keeps no group meta): nothing to track; do not requeue forever.
+                warn!(group = %sig.group_uuid, "group unknown to the result backend; its chord cannot be tracked here");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if i64::try_from(done).unwrap_or(i64::MAX) < sig.group_task_count {
             return Ok(());
         }

@@ -481,3 +481,23 @@ async fn periodic_task_sends_once_per_tick_across_servers() {
     w.quit();
     w.join().await.unwrap();
 }
+
+#[tokio::test]
+async fn member_of_an_unknown_group_is_not_requeued_forever() {
+    let (server, _, broker) = setup();
+    let w = server.new_worker("t", 1).launch();
+    // A group this backend never recorded (a Go producer on a backend without group metas).
+    let mut sig = Signature::new("add").arg(1i64).arg(1i64);
+    sig.group_uuid = machinery_core::new_group_uuid();
+    sig.group_task_count = 2;
+    sig.chord_callback = Some(Box::new(Signature::new("add")));
+    let r = server.send_task(sig).await.unwrap();
+    assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(broker.ready_len("machinery_tasks"), 0);
+    assert_eq!(broker.unacked_len(), 0, "the member must be acked");
+    let delayed = machinery_core::Broker::delayed_tasks(&broker).await.unwrap();
+    assert!(delayed.is_empty(), "the member must not be requeued: {delayed:?}");
+    w.quit();
+    w.join().await.unwrap();
+}
