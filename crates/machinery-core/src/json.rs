@@ -27,21 +27,41 @@ impl serde_json::ser::Formatter for GoFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // Byte scan: '<' '>' '&' and the UTF-8 lead byte 0xE2 of U+2028 / U+2029 are the only
+        // places Go escapes more than serde_json does.
+        let bytes = fragment.as_bytes();
         let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            let esc: &[u8] = match c {
-                '<' => b"\\u003c",
-                '>' => b"\\u003e",
-                '&' => b"\\u0026",
-                '\u{2028}' => b"\\u2028",
-                '\u{2029}' => b"\\u2029",
-                _ => continue,
+        let mut i = 0;
+        while i < bytes.len() {
+            // Skip plain bytes quickly (most fragments have nothing to escape).
+            match bytes[i..]
+                .iter()
+                .position(|b| matches!(b, b'<' | b'>' | b'&' | 0xE2))
+            {
+                Some(p) => i += p,
+                None => break,
+            }
+            let esc: &[u8] = match bytes[i] {
+                b'<' => b"\\u003c",
+                b'>' => b"\\u003e",
+                b'&' => b"\\u0026",
+                0xE2 if bytes.get(i + 1) == Some(&0x80) && bytes.get(i + 2) == Some(&0xA8) => {
+                    b"\\u2028"
+                }
+                0xE2 if bytes.get(i + 1) == Some(&0x80) && bytes.get(i + 2) == Some(&0xA9) => {
+                    b"\\u2029"
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
             };
-            writer.write_all(&fragment.as_bytes()[start..i])?;
+            writer.write_all(&bytes[start..i])?;
             writer.write_all(esc)?;
-            start = i + c.len_utf8();
+            i += if bytes[i] == 0xE2 { 3 } else { 1 };
+            start = i;
         }
-        writer.write_all(&fragment.as_bytes()[start..])
+        writer.write_all(&bytes[start..])
     }
 }
 

@@ -7,12 +7,14 @@ use crate::Headers;
 pub const TRACEPARENT: &str = "traceparent";
 
 fn random_hex(bytes: usize) -> String {
-    let mut s = String::with_capacity(bytes * 2);
-    while s.len() < bytes * 2 {
-        s.push_str(&uuid::Uuid::new_v4().simple().to_string());
+    // One uuid4 gives 122 random bits: enough for a span id (64) and, as two, a trace id (128).
+    let a = uuid::Uuid::new_v4().as_u128();
+    if bytes <= 8 {
+        format!("{:016x}", a as u64)
+    } else {
+        let b = uuid::Uuid::new_v4().as_u128();
+        format!("{:016x}{:016x}", a as u64, b as u64)
     }
-    s.truncate(bytes * 2);
-    s
 }
 
 /// Add a `traceparent` when there is none (a new trace).

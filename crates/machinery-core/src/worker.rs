@@ -332,8 +332,8 @@ impl Runner {
         self.server.config()
     }
 
-    async fn process(&self, delivery: Delivery) {
-        let sig = match &delivery.payload {
+    async fn process(&self, mut delivery: Delivery) {
+        let sig = match &mut delivery.payload {
             Payload::Malformed { raw, reason } => {
                 let reason = reason.clone();
                 error!(bytes = raw.len(), reason = %reason, "malformed message: dead-lettering it");
@@ -342,7 +342,7 @@ impl Runner {
                 }
                 return;
             }
-            Payload::Task(sig) => Arc::new((**sig).clone()),
+            Payload::Task(sig) => Arc::new(std::mem::take(&mut **sig)),
         };
         let span = info_span!(
             "task",
