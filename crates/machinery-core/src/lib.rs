@@ -6,17 +6,17 @@ pub mod config;
 mod error;
 mod gostruct;
 pub mod json;
+mod memory;
 mod periodic;
 mod server;
-pub mod task;
-mod trace;
-mod worker;
-mod workflow;
-mod memory;
 mod signature;
 mod state;
+pub mod task;
 pub mod time;
+mod trace;
 pub mod types;
+mod worker;
+mod workflow;
 
 pub use backend::{Backend, BackendCapabilities, Lock, results_ttl};
 pub use broker::{
@@ -26,16 +26,16 @@ pub use broker::{
 pub use config::{Config, LiveConfig, redact_url};
 pub use error::{BoxError, Error, Result, TaskError};
 pub use memory::{DeadLetter, MemoryBackend, MemoryBroker, MemoryLock};
+pub use server::{IntoBackend, IntoBroker, Server};
 pub use signature::{Arg, Headers, Signature, new_chord_uuid, new_group_uuid, new_task_uuid};
 pub use state::{GroupMeta, State, TaskResult, TaskState};
-pub use server::{IntoBackend, IntoBroker, Server};
 pub use task::{Task, TaskContext, TaskOptions, Variadic, task};
 pub use time::Timestamp;
 pub use trace::{TRACEPARENT, trace_id};
+pub use types::{ArgError, FromGoValue, FromResults, GoValue, IntoGoValue, IntoResults};
 pub use worker::{RETRY_LATER_HEADER, Worker, WorkerHandle};
 pub use workflow::{
     AsyncResult, Chain, ChainAsyncResult, Chord, ChordAsyncResult, Group, fibonacci_next,
 };
-pub use types::{ArgError, FromGoValue, FromResults, GoValue, IntoGoValue, IntoResults};
 
 pub use async_trait::async_trait;

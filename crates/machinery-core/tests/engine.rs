@@ -496,8 +496,13 @@ async fn member_of_an_unknown_group_is_not_requeued_forever() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(broker.ready_len("machinery_tasks"), 0);
     assert_eq!(broker.unacked_len(), 0, "the member must be acked");
-    let delayed = machinery_core::Broker::delayed_tasks(&broker).await.unwrap();
-    assert!(delayed.is_empty(), "the member must not be requeued: {delayed:?}");
+    let delayed = machinery_core::Broker::delayed_tasks(&broker)
+        .await
+        .unwrap();
+    assert!(
+        delayed.is_empty(),
+        "the member must not be requeued: {delayed:?}"
+    );
     w.quit();
     w.join().await.unwrap();
 }
