@@ -6,15 +6,18 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use machinery::Broker as _;
 use machinery::amqp::{AmqpBroker, AmqpConfig};
-use machinery::{Config, Server, Signature, server_from_config};
+use machinery::{Config, Server, server_from_config};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+
+mod common;
+
+use common::{Worker, redis_conn, send_adds, successes, wait_for_successes, worker_command};
 
 const AMQP_VAR: &str = "MACHINERY_TEST_AMQP_URL";
 const REDIS_VAR: &str = "MACHINERY_TEST_REDIS_URL";
@@ -57,17 +60,11 @@ impl Setup {
 
     /// A `machinery worker` process on this setup.
     fn worker(&self, concurrency: usize) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_machinery"))
-            .args(["worker", "--broker", &self.amqp, "--backend", &self.redis])
-            .args(["--queue", &self.queue, "-c", &concurrency.to_string()])
-            .env("DEFAULT_QUEUE", &self.queue)
+        let mut cmd = worker_command(&self.amqp, &self.redis, &self.queue, concurrency);
+        cmd.env("DEFAULT_QUEUE", &self.queue)
             .env("AMQP_EXCHANGE", &self.exchange)
-            .env("AMQP_BINDING_KEY", &self.queue)
-            .env("MACHINERY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn machinery worker");
-        Worker(Some(child))
+            .env("AMQP_BINDING_KEY", &self.queue);
+        Worker::spawn(cmd)
     }
 
     async fn sender(&self) -> Server {
@@ -93,88 +90,6 @@ impl Setup {
     }
 }
 
-/// A `machinery worker` process, killed (SIGKILL) when dropped.
-struct Worker(Option<Child>);
-
-impl Worker {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn redis_conn(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{REDIS_VAR} is set but redis is unreachable: {e}"))
-}
-
-async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> Vec<String> {
-    futures::stream::iter(from..from + n)
-        .map(|i| {
-            let sig = Signature::new("add")
-                .routing_key(queue)
-                .arg(i as i64)
-                .arg(1_i64);
-            async move { server.send_task(sig).await.expect("send").uuid().to_owned() }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await
-}
-
-/// How many of `uuids` have a SUCCESS state stored.
-async fn successes(conn: &mut MultiplexedConnection, uuids: &[String]) -> usize {
-    let mut n = 0;
-    for chunk in uuids.chunks(1000) {
-        let states: Vec<Option<String>> = conn.mget(chunk).await.expect("mget");
-        n += states
-            .iter()
-            .flatten()
-            .filter(|s| s.contains("\"State\":\"SUCCESS\""))
-            .count();
-    }
-    n
-}
-
-async fn wait_for_successes(
-    conn: &mut MultiplexedConnection,
-    uuids: &[String],
-    want: usize,
-    limit: Duration,
-    worker: &mut Worker,
-) {
-    let start = Instant::now();
-    loop {
-        let done = successes(conn, uuids).await;
-        if done >= want {
-            return;
-        }
-        assert!(worker.is_running(), "the worker process exited");
-        assert!(
-            start.elapsed() < limit,
-            "only {done} of {want} tasks succeeded after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn delete_states(conn: &mut MultiplexedConnection, uuids: &[String]) {
     for chunk in uuids.chunks(1000) {
         let _: () = conn.del(chunk).await.expect("del");
@@ -194,7 +109,7 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     };
     const N: usize = 10_000;
     let setup = Setup::new(&amqp, &redis_url);
-    let mut conn = redis_conn(&redis_url).await;
+    let mut conn = redis_conn(&redis_url, REDIS_VAR).await;
     let server = setup.sender().await;
     // The queue must exist before the tasks are published (the worker declares it too).
     let mut first = setup.worker(16);
@@ -349,7 +264,7 @@ async fn worker_and_sender_resume_after_a_rabbitmq_restart() {
         return;
     };
     let setup = Setup::new(&node.url(), &redis_url);
-    let mut conn = redis_conn(&redis_url).await;
+    let mut conn = redis_conn(&redis_url, REDIS_VAR).await;
     let mut worker = setup.worker(8);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server = setup.sender().await;
@@ -398,7 +313,7 @@ async fn malformed_messages_are_dead_lettered_and_the_worker_stays_up() {
         return;
     };
     let setup = Setup::new(&amqp, &redis_url);
-    let mut conn = redis_conn(&redis_url).await;
+    let mut conn = redis_conn(&redis_url, REDIS_VAR).await;
     let mut worker = setup.worker(4);
     let broker = AmqpBroker::connect(AmqpConfig::from_machinery(&amqp, &setup.config()))
         .await

@@ -7,66 +7,18 @@ use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use machinery::{Config, Server, Signature, server_from_config};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+
+mod common;
+
+use common::{Worker, redis_conn, send_adds, successes, wait_for_successes};
 
 const URL_VAR: &str = "MACHINERY_TEST_REDIS_URL";
 
 fn namespace() -> String {
     format!("rf{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-/// A `machinery worker` process, killed (SIGKILL) when dropped.
-struct Worker(Option<Child>);
-
-impl Worker {
-    fn start(url: &str, queue: &str, concurrency: usize) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_machinery"))
-            .args([
-                "worker",
-                "--broker",
-                url,
-                "--backend",
-                url,
-                "--queue",
-                queue,
-            ])
-            .args(["-c", &concurrency.to_string()])
-            .env("MACHINERY_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn machinery worker");
-        Worker(Some(child))
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn raw(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("{URL_VAR} is set but redis is unreachable: {e}"))
 }
 
 async fn sender(url: &str, queue: &str) -> Server {
@@ -77,56 +29,6 @@ async fn sender(url: &str, queue: &str) -> Server {
         ..Config::default()
     };
     server_from_config(config).await.expect("sender")
-}
-
-async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> Vec<String> {
-    futures::stream::iter(from..from + n)
-        .map(|i| {
-            let sig = Signature::new("add")
-                .routing_key(queue)
-                .arg(i as i64)
-                .arg(1_i64);
-            async move { server.send_task(sig).await.expect("send").uuid().to_owned() }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await
-}
-
-/// How many of `uuids` have a SUCCESS state stored.
-async fn successes(conn: &mut MultiplexedConnection, uuids: &[String]) -> usize {
-    let mut n = 0;
-    for chunk in uuids.chunks(1000) {
-        let states: Vec<Option<String>> = conn.mget(chunk).await.expect("mget");
-        n += states
-            .iter()
-            .flatten()
-            .filter(|s| s.contains("\"State\":\"SUCCESS\""))
-            .count();
-    }
-    n
-}
-
-async fn wait_for_successes(
-    conn: &mut MultiplexedConnection,
-    uuids: &[String],
-    want: usize,
-    limit: Duration,
-    worker: &mut Worker,
-) {
-    let start = Instant::now();
-    loop {
-        let done = successes(conn, uuids).await;
-        if done >= want {
-            return;
-        }
-        assert!(worker.is_running(), "the worker process exited");
-        assert!(
-            start.elapsed() < limit,
-            "only {done} of {want} tasks succeeded after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
@@ -161,12 +63,12 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     const N: usize = 10_000;
     let ns = namespace();
     let queue = format!("{ns}_tasks");
-    let mut conn = raw(&url).await;
+    let mut conn = redis_conn(&url, URL_VAR).await;
     let server = sender(&url, &queue).await;
     let uuids = send_adds(&server, &queue, 0, N).await;
     assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), N);
 
-    let mut first = Worker::start(&url, &queue, 16);
+    let mut first = Worker::start(&url, &url, &queue, 16);
     wait_for_successes(
         &mut conn,
         &uuids,
@@ -191,7 +93,7 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     let duplicates = successes(&mut conn, &held_uuids).await;
     let done_at_kill = successes(&mut conn, &uuids).await;
 
-    let mut second = Worker::start(&url, &queue, 16);
+    let mut second = Worker::start(&url, &url, &queue, 16);
     wait_for_successes(&mut conn, &uuids, N, Duration::from_secs(180), &mut second).await;
     println!(
         "killed the worker at {done_at_kill}/{N} SUCCESS holding {} unacked ({duplicates} of them \
@@ -287,8 +189,8 @@ async fn worker_resumes_by_itself_after_a_redis_restart() {
     let url = format!("redis://127.0.0.1:{}/", redis_server.port);
     let ns = namespace();
     let queue = format!("{ns}_tasks");
-    let mut worker = Worker::start(&url, &queue, 8);
-    let mut conn = raw(&url).await;
+    let mut worker = Worker::start(&url, &url, &queue, 8);
+    let mut conn = redis_conn(&url, URL_VAR).await;
     let server = sender(&url, &queue).await;
     let before = send_adds(&server, &queue, 0, 500).await;
     wait_for_successes(
@@ -306,7 +208,7 @@ async fn worker_resumes_by_itself_after_a_redis_restart() {
     redis_server.restart().await;
 
     // Same worker process, same sender: both reconnect by themselves.
-    let mut conn = raw(&url).await;
+    let mut conn = redis_conn(&url, URL_VAR).await;
     let start = Instant::now();
     let after = loop {
         let sig = Signature::new("add")
@@ -345,8 +247,8 @@ async fn malformed_messages_are_dead_lettered_and_the_worker_stays_up() {
     };
     let ns = namespace();
     let queue = format!("{ns}_tasks");
-    let mut conn = raw(&url).await;
-    let mut worker = Worker::start(&url, &queue, 4);
+    let mut conn = redis_conn(&url, URL_VAR).await;
+    let mut worker = Worker::start(&url, &url, &queue, 4);
     let garbage: [&[u8]; 3] = [b"{not json", b"[1,2,3]", b"\"just a string\""];
     for body in garbage {
         let _: () = conn.rpush(&queue, body).await.unwrap();

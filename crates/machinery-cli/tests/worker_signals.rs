@@ -3,52 +3,13 @@
 //! finishing it (its message stays unacked, for the lease recovery to hand out again). Uses Redis so a separate process can send to the worker
 //! (needs `MACHINERY_TEST_REDIS_URL`; unset = skipped).
 
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use machinery::{Config, Server, Signature, State, server_from_config};
 
-fn spawn_worker(url: &str, queue: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_machinery"))
-        .args([
-            "worker",
-            "--broker",
-            url,
-            "--backend",
-            url,
-            "--queue",
-            queue,
-            "-c",
-            "2",
-        ])
-        .env("MACHINERY_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn machinery worker")
-}
+mod common;
 
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill")
-        .success();
-    assert!(ok, "kill -TERM failed");
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("worker did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::Worker;
 
 async fn wait_state(server: &Server, uuid: &str, want: State, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -79,15 +40,15 @@ async fn sigterm_finishes_the_running_task_and_a_second_one_exits_at_once() {
     .unwrap_or_else(|e| panic!("MACHINERY_TEST_REDIS_URL is set but redis is unreachable: {e}"));
 
     // First SIGTERM: the 10 s task runs to the end, then exit status 0.
-    let mut worker = spawn_worker(&url, &queue);
+    let mut worker = Worker::start(&url, &url, &queue, 2);
     let r = sender
         .send_task(Signature::new("long_running_task"))
         .await
         .unwrap();
     wait_state(&sender, r.uuid(), State::Started, Duration::from_secs(20)).await;
     let signalled = Instant::now();
-    sigterm(&worker);
-    let status = wait_exit(&mut worker, Duration::from_secs(30));
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "graceful stop must exit 0, got {status}");
     assert_eq!(r.state().await.unwrap().state, State::Success);
     assert!(
@@ -96,17 +57,17 @@ async fn sigterm_finishes_the_running_task_and_a_second_one_exits_at_once() {
     );
 
     // Two SIGTERMs: exit at once with 130, the task unfinished.
-    let mut worker = spawn_worker(&url, &queue);
+    let mut worker = Worker::start(&url, &url, &queue, 2);
     let r = sender
         .send_task(Signature::new("long_running_task"))
         .await
         .unwrap();
     wait_state(&sender, r.uuid(), State::Started, Duration::from_secs(20)).await;
     let signalled = Instant::now();
-    sigterm(&worker);
+    worker.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sigterm(&worker);
-    let status = wait_exit(&mut worker, Duration::from_secs(5));
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(130), "second signal: {status}");
     assert!(signalled.elapsed() < Duration::from_secs(5));
     assert_ne!(r.state().await.unwrap().state, State::Success);
