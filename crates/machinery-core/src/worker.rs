@@ -447,17 +447,36 @@ impl Runner {
         let state = self
             .set_state(TaskState::success(sig, results.clone()))
             .await?;
-        for next in &sig.on_success {
-            let mut next = next.clone();
+        self.send_follow_ups(sig, &sig.on_success, |next| {
             if !sig.immutable {
                 next.args.extend(results.iter().map(TaskResult::to_arg));
             }
-            crate::trace::child_of(sig.headers.as_ref(), &mut next);
+        })
+        .await?;
+        self.completed(sig, &state).await
+    }
+
+    /// Send `follow_ups` as tasks caused by `parent` (same trace id), each adjusted first.
+    async fn send_follow_ups(
+        &self,
+        parent: &Signature,
+        follow_ups: &[Signature],
+        adjust: impl Fn(&mut Signature),
+    ) -> Result<()> {
+        for next in follow_ups {
+            let mut next = next.clone();
+            adjust(&mut next);
+            crate::trace::child_of(parent.headers.as_ref(), &mut next);
             self.server.send_task(next).await?;
         }
+        Ok(())
+    }
+
+    /// After the final state is stored and follow-ups sent: chord bookkeeping, post-task hook.
+    async fn completed(&self, sig: &Signature, state: &TaskState) -> Result<()> {
         self.group_member_done(sig).await?;
         if let Some(h) = &self.hooks.post_task {
-            h(sig, &state);
+            h(sig, state);
         }
         Ok(())
     }
@@ -507,17 +526,11 @@ impl Runner {
         let state = self
             .set_state(TaskState::failure(sig, err.message()))
             .await?;
-        for next in &sig.on_error {
-            let mut next = next.clone();
+        self.send_follow_ups(sig, &sig.on_error, |next| {
             next.args.insert(0, Arg::new(err.message().to_owned()));
-            crate::trace::child_of(sig.headers.as_ref(), &mut next);
-            self.server.send_task(next).await?;
-        }
-        self.group_member_done(sig).await?;
-        if let Some(h) = &self.hooks.post_task {
-            h(sig, &state);
-        }
-        Ok(())
+        })
+        .await?;
+        self.completed(sig, &state).await
     }
 
     /// Chord bookkeeping after a member reached SUCCESS or FAILURE.
@@ -566,25 +579,22 @@ impl Runner {
                 first.error
             );
             warn!(group = %sig.group_uuid, "chord not fired: {text}");
-            for next in &callback.on_error {
-                let mut next = next.clone();
-                next.args.insert(0, Arg::new(text.clone()));
-                crate::trace::child_of(sig.headers.as_ref(), &mut next);
-                self.server.send_task(next).await?;
-            }
-            return Ok(());
+            return self
+                .send_follow_ups(sig, &callback.on_error, |next| {
+                    next.args.insert(0, Arg::new(text.clone()));
+                })
+                .await;
         }
-        let mut cb = callback.clone();
-        if !cb.immutable {
-            for s in &states {
-                cb.args
-                    .extend(s.results.iter().flatten().map(TaskResult::to_arg));
+        info!(group = %sig.group_uuid, callback = %callback.uuid, "chord complete: sending its callback");
+        self.send_follow_ups(sig, std::slice::from_ref(callback), |cb| {
+            if !cb.immutable {
+                for s in &states {
+                    cb.args
+                        .extend(s.results.iter().flatten().map(TaskResult::to_arg));
+                }
             }
-        }
-        crate::trace::child_of(sig.headers.as_ref(), &mut cb);
-        info!(group = %sig.group_uuid, callback = %cb.uuid, "chord complete: sending its callback");
-        self.server.send_task(cb).await?;
-        Ok(())
+        })
+        .await
     }
 }
 
