@@ -402,10 +402,14 @@ impl Broker for RedisBroker {
             cancel: self.inner.cancel.clone(),
         };
         self.inner.tasks.spawn(fetcher.run());
-        tokio::spawn(heartbeat(
+        // Tracked like the fetch loop: the heartbeat may hold the last reference to the
+        // consumer for a moment, and the give-back on its drop must happen before `close`
+        // returns.
+        self.inner.tasks.spawn(heartbeat(
             Arc::downgrade(&consumer),
             config.lease(),
             config.tick(),
+            self.inner.cancel.clone(),
         ));
         tracing::debug!(queue, consumer = %consumer.id, prefetch, "redis: consumer started");
         Ok(Box::pin(ConsumerStream { rx }))
@@ -590,9 +594,17 @@ impl Drop for Consumer {
 
 /// Keeps the consumer's lease alive and recovers dead consumers of the same queue, until the
 /// consumer is gone.
-async fn heartbeat(consumer: Weak<Consumer>, lease: Duration, tick: Duration) {
+async fn heartbeat(
+    consumer: Weak<Consumer>,
+    lease: Duration,
+    tick: Duration,
+    cancel: CancellationToken,
+) {
     loop {
-        tokio::time::sleep(tick).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
         let Some(consumer) = consumer.upgrade() else {
             return;
         };
