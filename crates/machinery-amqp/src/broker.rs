@@ -144,7 +144,12 @@ impl AmqpBroker {
     pub async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>> {
         let dlq = dead_letter_queue(queue);
         let session = self.inner.publisher.session().await?;
-        let listed = topology::list_queue(&session, &dlq).await?;
+        let listed = session
+            .guard(
+                "a dead-letter listing",
+                topology::list_queue(&session, &dlq),
+            )
+            .await?;
         Ok(listed
             .into_iter()
             .map(|d| DeadLetter {
@@ -451,7 +456,7 @@ impl BrokerInner {
                 .await
                 .map_err(|e| error::amqp(format!("consume `{queue}`"), e))
         };
-        match attempt.await {
+        match session.guard("the consumer set-up", attempt).await {
             Ok(consumer) => Ok(Active {
                 session_id: session.id,
                 session,
@@ -483,6 +488,8 @@ struct AmqpAcker {
     // stream is gone; once every such delivery is settled or dropped the channel closes
     // and RabbitMQ requeues whatever was not acknowledged.
     _channel: Channel,
+    /// The session's [`Session::dead`]: a settlement gives up when the connection is gone.
+    dead: CancellationToken,
     broker: Arc<BrokerInner>,
     queue: Arc<str>,
     exchange: String,
@@ -502,12 +509,28 @@ impl AmqpAcker {
         }
     }
 
+    /// `done`, or a temporary error as soon as the connection is gone.
+    async fn settle(
+        &self,
+        what: &str,
+        done: impl std::future::Future<Output = std::result::Result<bool, lapin::Error>>,
+    ) -> Result<()> {
+        tokio::select! {
+            biased;
+            done = done => self.settled(what, done),
+            _ = self.dead.cancelled() => Err(error::temporary(format!(
+                "cannot {what}: the connection was lost, the message will be delivered again"
+            ))),
+        }
+    }
+
     async fn ack_now(&self) -> Result<()> {
-        let done = self
-            .acker
-            .ack(lapin::options::BasicAckOptions { multiple: false })
-            .await;
-        self.settled("ack", done)
+        self.settle(
+            "ack",
+            self.acker
+                .ack(lapin::options::BasicAckOptions { multiple: false }),
+        )
+        .await
     }
 }
 
@@ -550,14 +573,14 @@ impl Acknowledger for AmqpAcker {
                 self.ack_now().await
             }
             Nack::Requeue { .. } => {
-                let done = self
-                    .acker
-                    .nack(lapin::options::BasicNackOptions {
+                self.settle(
+                    "requeue (basic.nack)",
+                    self.acker.nack(lapin::options::BasicNackOptions {
                         multiple: false,
                         requeue: true,
-                    })
-                    .await;
-                self.settled("requeue (basic.nack)", done)
+                    }),
+                )
+                .await
             }
             Nack::DeadLetter { reason } => {
                 self.broker
@@ -644,6 +667,13 @@ async fn forward(
             _ = broker.shutdown.cancelled() => return None,
             _ = tx.closed() => return None,
             item = active.consumer.next() => item,
+            // lapin may not end the stream of a consumer whose connection died.
+            _ = active.session.dead().cancelled() => {
+                broker.consumer.invalidate(active.session_id);
+                return Some(error::temporary(format!(
+                    "the connection of the consumer of `{queue}` was lost"
+                )));
+            }
         };
         let failure = match item {
             Some(Ok(d)) => {
@@ -651,6 +681,7 @@ async fn forward(
                 let acker = AmqpAcker {
                     acker: d.acker,
                     _channel: active.channel.clone(),
+                    dead: active.session.dead().clone(),
                     broker: Arc::clone(broker),
                     queue: Arc::clone(queue),
                     exchange: d.exchange.to_string(),
@@ -766,7 +797,9 @@ impl Broker for AmqpBroker {
 
     async fn pending_tasks(&self, queue: &str) -> Result<Vec<Signature>> {
         let session = self.inner.publisher.session().await?;
-        let listed = topology::list_queue(&session, queue).await?;
+        let listed = session
+            .guard("a queue listing", topology::list_queue(&session, queue))
+            .await?;
         Ok(listed
             .into_iter()
             .filter_map(|d| match Payload::decode(&d.data) {
@@ -788,7 +821,9 @@ impl Broker for AmqpBroker {
 
     async fn purge_queue(&self, queue: &str) -> Result<()> {
         let session = self.inner.publisher.session().await?;
-        topology::purge(&session, queue).await
+        session
+            .guard("a queue purge", topology::purge(&session, queue))
+            .await
     }
 
     async fn close(&self) -> Result<()> {

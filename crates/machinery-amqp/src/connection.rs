@@ -22,6 +22,11 @@ use crate::error;
 const POOL_MAX: usize = 32;
 /// Most declarations remembered per connection before the memory is cleared.
 const DECLARED_MAX: usize = 20_000;
+/// How often a session's watcher looks at the connection state, in case lapin reports the
+/// loss of the connection through no event.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// Longest wait for the server's answer to `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -66,6 +71,9 @@ pub(crate) struct Session {
     pool: Mutex<Vec<Channel>>,
     declared: Mutex<HashMap<String, Option<Instant>>>,
     declaring: Vec<tokio::sync::Mutex<()>>,
+    /// Cancelled as soon as the connection or its publishing channel is gone (see
+    /// [`Session::guard`]), and when the session is dropped.
+    dead: CancellationToken,
 }
 
 /// Stripes of [`Session::declaring`].
@@ -74,7 +82,26 @@ const DECLARE_STRIPES: usize = 64;
 impl Session {
     /// Both the connection and the publishing channel are usable.
     pub(crate) fn healthy(&self) -> bool {
-        self.conn.status().connected() && self.confirm.status().connected()
+        !self.dead.is_cancelled()
+            && self.conn.status().connected()
+            && self.confirm.status().connected()
+    }
+
+    /// Cancelled when this session's connection (or its publishing channel) is gone.
+    pub(crate) fn dead(&self) -> &CancellationToken {
+        &self.dead
+    }
+
+    /// Run `fut`, an operation on this session, but give up with a temporary error as soon
+    /// as the connection dies. lapin does not answer every request that races with the loss
+    /// of its connection (a channel open, a declaration or a publisher confirm issued just as
+    /// the socket closes can wait for ever), so no wait on a session may go unguarded.
+    pub(crate) async fn guard<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        guarded(&self.dead, &self.url, what, fut).await
     }
 
     /// The channel in confirm mode, shared by all publishers of this connection; publishes
@@ -100,10 +127,13 @@ impl Session {
             }
         }
         let ch = self
-            .conn
-            .create_channel()
-            .await
-            .map_err(|e| error::amqp("open a channel", e))?;
+            .guard("a channel open", async {
+                self.conn
+                    .create_channel()
+                    .await
+                    .map_err(|e| error::amqp("open a channel", e))
+            })
+            .await?;
         Ok(PooledChannel {
             session: Arc::clone(self),
             channel: Some(ch),
@@ -113,10 +143,13 @@ impl Session {
 
     /// A channel that is not returned to the pool (consumers own theirs).
     pub(crate) async fn own_channel(&self) -> Result<Channel> {
-        self.conn
-            .create_channel()
-            .await
-            .map_err(|e| error::amqp("open a channel", e))
+        self.guard("a channel open", async {
+            self.conn
+                .create_channel()
+                .await
+                .map_err(|e| error::amqp("open a channel", e))
+        })
+        .await
     }
 
     /// Whether `key` was declared on this connection and is still known to exist.
@@ -163,11 +196,69 @@ impl Session {
         lock(&self.declared).retain(|k, _| !k.starts_with(prefix));
     }
 
+    /// Close the connection politely, waiting a bounded time for the server's answer.
     async fn close(&self) {
+        // Also when only the publishing channel died: the connection must not be leaked.
         if self.conn.status().connected() {
-            let _ = self.conn.close(200, "bye".into()).await;
+            let closing = self.conn.close(200, "bye".into());
+            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                tracing::debug!(url = %self.url, "amqp connection.close got no answer");
+            }
         }
+        self.dead.cancel();
     }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Stops the watcher.
+        self.dead.cancel();
+    }
+}
+
+/// [`Session::guard`] for a connection that is not a session yet.
+async fn guarded<T>(
+    dead: &CancellationToken,
+    url: &str,
+    what: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        biased;
+        out = fut => out,
+        _ = dead.cancelled() => Err(error::temporary(format!(
+            "the connection to {url} was lost during {what}"
+        ))),
+    }
+}
+
+/// Cancel `dead` once the connection is no longer connected or the publishing channel (when
+/// there is one yet) is closed, looking at each connection event and every [`WATCH_EVERY`];
+/// the task ends when `dead` is cancelled.
+fn watch(conn: &Connection, confirm: Option<&Channel>, dead: CancellationToken) {
+    use futures::StreamExt;
+    let mut events = conn.events_listener();
+    let status = conn.status().clone();
+    let channel = confirm.map(|c| c.status().clone());
+    let gone = move || !status.connected() || channel.as_ref().is_some_and(|c| !c.connected());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                _ = dead.cancelled() => return,
+                // Channel errors (a 404 on a pooled channel) are events too: the state
+                // tells whether the connection itself is gone.
+                event = events.next(), if listening => listening = event.is_some(),
+                _ = tick.tick() => {}
+            }
+            if gone() {
+                break;
+            }
+        }
+        dead.cancel();
+    });
 }
 
 /// A channel checked out of a session's pool. It goes back to the pool only when the user
@@ -371,6 +462,59 @@ impl Link {
             ))
         })?
         .map_err(|e| error::amqp(format!("connect to {}", url.redacted), e))?;
+        // Opening the publishing channel and declaring the exchange give up when the new
+        // connection dies under them, and take at most the connect timeout.
+        let dead = CancellationToken::new();
+        watch(&conn, None, dead.clone());
+        let setup = tokio::time::timeout(
+            self.config.connect_timeout(),
+            guarded(
+                &dead,
+                &url.redacted,
+                "the publishing channel set-up",
+                self.setup(&conn),
+            ),
+        )
+        .await
+        .map_err(|_| {
+            error::temporary(format!(
+                "setting up the connection to {} timed out after {:?}",
+                url.redacted,
+                self.config.connect_timeout()
+            ))
+        });
+        let confirm = match setup {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(e)) | Err(e) => {
+                dead.cancel();
+                if conn.status().connected() {
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "bye".into())).await;
+                }
+                return Err(e);
+            }
+        };
+        // The watcher of the session proper also follows the publishing channel.
+        dead.cancel();
+        let dead = CancellationToken::new();
+        watch(&conn, Some(&confirm), dead.clone());
+        Ok(Session {
+            id: self.ids.fetch_add(1, Ordering::Relaxed),
+            url: url.redacted.clone(),
+            conn,
+            confirm,
+            pool: Mutex::new(Vec::new()),
+            declared: Mutex::new(HashMap::new()),
+            declaring: (0..DECLARE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            dead,
+        })
+    }
+
+    /// Open the publishing channel of a new connection: declare the exchange on it and put
+    /// it in confirm mode.
+    async fn setup(&self, conn: &Connection) -> Result<Channel> {
         let confirm = conn
             .create_channel()
             .await
@@ -398,21 +542,14 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| error::amqp("enable publisher confirms", e))?;
-        Ok(Session {
-            id: self.ids.fetch_add(1, Ordering::Relaxed),
-            url: url.redacted.clone(),
-            conn,
-            confirm,
-            pool: Mutex::new(Vec::new()),
-            declared: Mutex::new(HashMap::new()),
-            declaring: (0..DECLARE_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-        })
+        Ok(confirm)
     }
 
     /// Run `op` on the current session, reconnecting and retrying temporary failures with
-    /// back-off until `publish_retry_timeout` has passed.
+    /// back-off until `publish_retry_timeout` has passed. An attempt gives up as soon as its
+    /// connection dies, and after the retry timeout (at least the connect timeout) even on a
+    /// connection that looks alive: it then fails with a temporary error and the connection
+    /// is replaced, so that no caller waits for ever for an answer that will not come.
     pub(crate) async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
     where
         F: FnMut(Arc<Session>) -> Fut,
@@ -425,7 +562,21 @@ impl Link {
                 Ok(session) => {
                     let id = session.id;
                     let healthy_before = session.healthy();
-                    let out = op(Arc::clone(&session)).await;
+                    let bound = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(self.config.connect_timeout());
+                    let attempt = session.guard(what, op(Arc::clone(&session)));
+                    let out = match tokio::time::timeout(bound, attempt).await {
+                        Ok(out) => out,
+                        Err(_) => {
+                            tracing::warn!(role = self.role, url = %session.url, "amqp {what} got no answer within {bound:?}, reconnecting");
+                            self.invalidate(id);
+                            Err(error::temporary(format!(
+                                "{what} got no answer from {} within {bound:?}",
+                                session.url
+                            )))
+                        }
+                    };
                     if out.as_ref().is_err_and(Error::is_temporary) && !session.healthy() {
                         if healthy_before {
                             tracing::debug!(role = self.role, "amqp session broke during {what}");
