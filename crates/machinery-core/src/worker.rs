@@ -168,7 +168,10 @@ impl Worker {
         if self.handle_signals {
             spawn_signal_listener(stop.clone(), abort.clone())?;
         }
-        self.run_until(stop, abort).await
+        let result = self.run_until(stop, abort.clone()).await;
+        // Ends the signal listener too: a later signal is not this worker's business.
+        abort.cancel();
+        result
     }
 
     /// Run in the background; the handle quits or aborts it.
@@ -180,7 +183,12 @@ impl Worker {
         {
             warn!(error = %e, "cannot install signal handlers");
         }
-        let join = tokio::spawn(self.run_until(stop.clone(), abort.clone()));
+        let (stop2, abort2) = (stop.clone(), abort.clone());
+        let join = tokio::spawn(async move {
+            let result = self.run_until(stop2, abort2.clone()).await;
+            abort2.cancel();
+            result
+        });
         WorkerHandle { stop, abort, join }
     }
 
@@ -265,13 +273,17 @@ impl Worker {
         }
         info!(worker = %self.tag, running = running.len(), "worker stopping: waiting for running tasks");
         tokio::select! {
+            // An abort also ends the running tasks at once, so both branches can be ready
+            // together: the abort must win, and is checked again below.
+            biased;
+            _ = abort.cancelled() => {}
             _ = async { while running.join_next().await.is_some() {} } => {}
-            _ = abort.cancelled() => {
-                running.abort_all();
-                while running.join_next().await.is_some() {}
-                warn!(worker = %self.tag, "worker aborted; unfinished tasks will be delivered again");
-                return Err(Error::Aborted);
-            }
+        }
+        if abort.is_cancelled() {
+            running.abort_all();
+            while running.join_next().await.is_some() {}
+            warn!(worker = %self.tag, "worker aborted; unfinished tasks will be delivered again");
+            return Err(Error::Aborted);
         }
         drop(stream);
         info!(worker = %self.tag, "worker stopped");
