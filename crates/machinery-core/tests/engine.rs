@@ -344,7 +344,7 @@ async fn max_parallel(concurrency: usize, tasks: usize) -> usize {
             async move {
                 let cur = now.fetch_add(1, Ordering::SeqCst) + 1;
                 max.fetch_max(cur, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
                 now.fetch_sub(1, Ordering::SeqCst);
                 Ok::<_, TaskError>(())
             }
