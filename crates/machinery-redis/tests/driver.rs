@@ -151,7 +151,7 @@ async fn prefetch_bounds_what_a_consumer_holds() {
             .is_err(),
         "a sixth delivery before any ack"
     );
-    let lists = processing_lists(&mut raw, &queue).await;
+    let lists = common::processing_lists(&mut raw, &queue).await;
     assert_eq!(lists.iter().map(|(_, n)| n).sum::<usize>(), 5, "{lists:?}");
     let left: usize = raw.llen(&queue).await.unwrap();
     assert_eq!(left, 45);
@@ -163,33 +163,6 @@ async fn prefetch_bounds_what_a_consumer_holds() {
     drop(stream);
     broker.close().await.unwrap();
     common::delete_prefix(&mut raw, &ns).await;
-}
-
-async fn processing_lists(
-    raw: &mut redis::aio::MultiplexedConnection,
-    queue: &str,
-) -> Vec<(String, usize)> {
-    let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<'_, String> = raw
-            .scan_options(
-                redis::ScanOptions::default()
-                    .with_pattern(format!("{queue}.processing.*"))
-                    .with_count(5000),
-            )
-            .await
-            .unwrap();
-        let mut keys = Vec::new();
-        while let Some(k) = iter.next_item().await {
-            keys.push(k.unwrap());
-        }
-        keys
-    };
-    let mut out = Vec::new();
-    for k in keys {
-        let n: usize = raw.llen(&k).await.unwrap();
-        out.push((k, n));
-    }
-    out
 }
 
 #[tokio::test]
@@ -286,7 +259,7 @@ async fn killed_consumer_loses_nothing() {
         .expect("spawn the child consumer");
     let start = Instant::now();
     loop {
-        let held: usize = processing_lists(&mut raw, &queue)
+        let held: usize = common::processing_lists(&mut raw, &queue)
             .await
             .iter()
             .map(|(_, n)| n)
@@ -319,7 +292,7 @@ async fn killed_consumer_loses_nothing() {
         recovered_after < Duration::from_secs(4),
         "{recovered_after:?}"
     );
-    let lists = processing_lists(&mut raw, &queue).await;
+    let lists = common::processing_lists(&mut raw, &queue).await;
     assert!(lists.iter().all(|(_, n)| *n == 0), "{lists:?}");
     drop(stream);
     broker.close().await.unwrap();

@@ -106,33 +106,14 @@ async fn go_messages_pushed_to_the_list_are_consumed_and_acked() {
     common::delete_prefix(&mut raw, &ns).await;
 }
 
+/// Processing lists that hold something.
 async fn processing_lists(
     raw: &mut redis::aio::MultiplexedConnection,
     queue: &str,
 ) -> Vec<(String, usize)> {
-    let mut out = Vec::new();
-    let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<'_, String> = raw
-            .scan_options(
-                redis::ScanOptions::default()
-                    .with_pattern(format!("{queue}.processing.*"))
-                    .with_count(5000),
-            )
-            .await
-            .unwrap();
-        let mut keys = Vec::new();
-        while let Some(k) = iter.next_item().await {
-            keys.push(k.unwrap());
-        }
-        keys
-    };
-    for k in keys {
-        let n: usize = raw.llen(&k).await.unwrap();
-        if n > 0 {
-            out.push((k, n));
-        }
-    }
-    out
+    let mut lists = common::processing_lists(raw, queue).await;
+    lists.retain(|(_, n)| *n > 0);
+    lists
 }
 
 #[tokio::test]

@@ -10,15 +10,10 @@ use redis::aio::MultiplexedConnection;
 /// The variable that points the tests at a Redis server.
 pub const URL_VAR: &str = "MACHINERY_TEST_REDIS_URL";
 
-/// The test server's URL, or `None` after printing one "skipped" line.
+/// The test server's URL, or `None` after printing one "skipped" line (a failure instead when
+/// `MACHINERY_REQUIRE_SERVICES=1`, as in CI).
 pub fn url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(v) if !v.trim().is_empty() => Some(v),
-        _ => {
-            println!("skipped: {URL_VAR} not set");
-            None
-        }
-    }
+    machinery_testkit::env_url(URL_VAR)
 }
 
 /// A fresh key namespace: a letter, then hex digits.
@@ -51,24 +46,40 @@ pub async fn raw(url: &str) -> MultiplexedConnection {
 
 /// Delete every key that starts with `prefix`.
 pub async fn delete_prefix(conn: &mut MultiplexedConnection, prefix: &str) {
-    let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<'_, String> = conn
-            .scan_options(
-                redis::ScanOptions::default()
-                    .with_pattern(format!("{prefix}*"))
-                    .with_count(5000),
-            )
-            .await
-            .expect("scan");
-        let mut keys = Vec::new();
-        while let Some(k) = iter.next_item().await {
-            keys.push(k.expect("scan item"));
-        }
-        keys
-    };
+    let keys = scan_keys(conn, &format!("{prefix}*")).await;
     if !keys.is_empty() {
         let _: () = conn.del(keys).await.expect("del");
     }
+}
+
+/// Every key matching `pattern` (SCAN, so it does not block the server).
+pub async fn scan_keys(conn: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut iter: redis::AsyncIter<'_, String> = conn
+        .scan_options(
+            redis::ScanOptions::default()
+                .with_pattern(pattern)
+                .with_count(5000),
+        )
+        .await
+        .expect("scan");
+    let mut keys = Vec::new();
+    while let Some(k) = iter.next_item().await {
+        keys.push(k.expect("scan item"));
+    }
+    keys
+}
+
+/// The processing lists of `queue`'s consumers with their lengths.
+pub async fn processing_lists(
+    conn: &mut MultiplexedConnection,
+    queue: &str,
+) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for k in scan_keys(conn, &format!("{queue}.processing.*")).await {
+        let n: usize = conn.llen(&k).await.expect("llen");
+        out.push((k, n));
+    }
+    out
 }
 
 /// Wait until `check` holds, polling every 20 ms, failing after `limit`.
