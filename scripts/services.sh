@@ -35,8 +35,11 @@ wait_for() {
 
 install_packages() {
   local apt=()
-  redis_ok || command -v redis-server >/dev/null || apt+=(redis-server)
-  amqp_ok || command -v rabbitmq-server >/dev/null || apt+=(rabbitmq-server)
+  # The restart / TLS tests start their own servers, so the binaries must exist even when
+  # the machine's services are already running.
+  command -v redis-server >/dev/null || apt+=(redis-server)
+  command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt+=(rabbitmq-server)
+  command -v openssl >/dev/null || apt+=(openssl)
   if ((${#apt[@]})); then
     log "apt-get install ${apt[*]}"
     apt-get update -qq

@@ -167,6 +167,10 @@ impl OwnRabbit {
 
     async fn start(port: u16) -> Option<OwnRabbit> {
         if !Path::new("/usr/sbin/rabbitmq-server").exists() {
+            assert!(
+                std::env::var("MACHINERY_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "rabbitmq-server is not installed but MACHINERY_REQUIRE_SERVICES=1"
+            );
             println!("skipped: rabbitmq-server is not installed");
             return None;
         }
