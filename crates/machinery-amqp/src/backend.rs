@@ -345,25 +345,17 @@ impl BackendInner {
         let properties = &properties;
         self.link
             .retrying("store state", |session| async move {
-                for attempt in 0..2 {
-                    topology::ensure_queue(&session, spec).await?;
-                    let published = topology::publish(
-                        &session,
-                        exchange,
-                        routing_key,
-                        body,
-                        properties.clone(),
-                        true,
-                    )
-                    .await?;
-                    if published == Published::Stored {
-                        return Ok(());
-                    }
-                    if attempt == 0 {
-                        // The queue vanished (expired or purged) after we declared it.
-                        session.forget_prefix(&topology::declared_prefix(&spec.name));
-                        session.forget(&format!("q:{}", spec.name));
-                    }
+                let published = topology::publish_to_declared(
+                    &session,
+                    spec,
+                    exchange,
+                    routing_key,
+                    body,
+                    properties,
+                )
+                .await?;
+                if published == Published::Stored {
+                    return Ok(());
                 }
                 Err(error::temporary(format!(
                     "the message for `{routing_key}` could not be routed to queue `{}`",

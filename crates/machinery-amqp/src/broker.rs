@@ -270,29 +270,13 @@ impl BrokerInner {
     ) -> Result<()> {
         self.publisher
             .retrying("publish", |session| async move {
-                topology::ensure_queue(&session, spec).await?;
-                let first = topology::publish(
+                match topology::publish_to_declared(
                     &session,
+                    spec,
                     exchange,
                     routing_key,
                     body,
-                    properties.clone(),
-                    true,
-                )
-                .await?;
-                if first == Published::Stored {
-                    return Ok(());
-                }
-                session.forget_prefix(&topology::declared_prefix(&spec.name));
-                session.forget(&format!("q:{}", spec.name));
-                topology::ensure_queue(&session, spec).await?;
-                match topology::publish(
-                    &session,
-                    exchange,
-                    routing_key,
-                    body,
-                    properties.clone(),
-                    true,
+                    properties,
                 )
                 .await?
                 {

@@ -241,6 +241,37 @@ pub(crate) async fn publish(
     confirmed(confirm, routing_key).await
 }
 
+/// Declare `spec` (if this session has not), publish mandatory, and when the message comes
+/// back unroutable (the queue expired or was deleted behind our back) forget the declaration,
+/// declare again and publish once more. `Unroutable` means the second try failed too.
+pub(crate) async fn publish_to_declared(
+    session: &std::sync::Arc<Session>,
+    spec: &QueueSpec,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: &BasicProperties,
+) -> Result<Published> {
+    for attempt in 0..2 {
+        ensure_queue(session, spec).await?;
+        let published = publish(
+            session,
+            exchange,
+            routing_key,
+            body,
+            properties.clone(),
+            true,
+        )
+        .await?;
+        if published == Published::Stored || attempt == 1 {
+            return Ok(published);
+        }
+        session.forget_prefix(&declared_prefix(&spec.name));
+        session.forget(&format!("q:{}", spec.name));
+    }
+    Ok(Published::Unroutable)
+}
+
 /// Every message of `queue` in order, without removing or reordering them: `basic.get`
 /// each one unacknowledged on a channel of our own, then requeue them all at once
 /// (RabbitMQ puts requeued messages back at their original positions). A missing queue
