@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,6 @@ use machinery_core::{
     Backend, Broker, ConsumeOptions, DeliveryStream, Payload, Signature, State, TaskState,
     new_group_uuid, new_task_uuid,
 };
-
-const INTEROP: &str = "/work/shared/interop";
 
 fn url() -> Option<String> {
     machinery_testkit::env_url(common::URL_VAR)
@@ -152,9 +149,7 @@ async fn go_publish_state(ch: &Channel, exchange: &str, uuid: &str, body: &[u8])
     assert!(confirm.is_ack());
 }
 
-fn fixture(path: &str) -> Vec<u8> {
-    std::fs::read(Path::new(INTEROP).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
+use machinery_testkit::fixtures::read as fixture;
 
 /// Every message body Go sent (the `signatures/` fixtures) is consumed, decodes, and encodes
 /// back to the same bytes, in publish order.
@@ -166,7 +161,7 @@ async fn go_message_bodies_are_consumed_byte_for_byte() {
         .await
         .expect("connect");
     let queue = format!("{ns}_go");
-    let mut files: Vec<_> = std::fs::read_dir(Path::new(INTEROP).join("signatures"))
+    let mut files: Vec<_> = std::fs::read_dir(machinery_testkit::fixtures::path("signatures"))
         .expect("signatures dir")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.file_name().is_some_and(|n| n != "index.json"))

@@ -414,11 +414,10 @@ mod tests {
 
     #[test]
     fn split_state_of_go_fixtures() {
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop/states");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/go/states");
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("Go fixtures missing at {}: {e}", dir.display()));
+        let mut seen = 0;
         for entry in entries {
             let path = entry.unwrap().path();
             let bytes = std::fs::read(&path).unwrap();
@@ -428,6 +427,12 @@ mod tests {
             let json = st.to_json().unwrap();
             let p = split_state(&json, &st).unwrap();
             assert_eq!(rejoin(&p), json, "{}", path.display());
+            seen += 1;
         }
+        assert!(
+            seen > 10,
+            "only {seen} Go states read from {}",
+            dir.display()
+        );
     }
 }

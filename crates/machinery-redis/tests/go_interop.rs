@@ -1,12 +1,11 @@
 //! Wire compatibility with Go Machinery on a real Redis (needs `MACHINERY_TEST_REDIS_URL`),
-//! using the messages and states the real Go library wrote (`/work/shared/interop`).
+//! using the messages and states the real Go library wrote (`testdata/go/`).
 //!
 //! Queue names in Go's messages are moved under a fresh namespace by rewriting the top-level
 //! `"RoutingKey"` value: the bytes are then exactly what Go's `SendTask` writes for that queue.
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,14 +13,7 @@ use machinery_core::{Backend, Broker, ConsumeOptions, Payload, Signature, State,
 use machinery_redis::{RedisBackend, RedisBroker};
 use redis::AsyncCommands;
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/interop")
-}
-
-fn fixture(rel: &str) -> Vec<u8> {
-    let path = interop_dir().join(rel);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
+use machinery_testkit::fixtures::{dir as interop_dir, read as fixture};
 
 /// Every Go message file in index order, with its queue moved under `ns`.
 fn go_messages(ns: &str) -> Vec<(String, Vec<u8>)> {

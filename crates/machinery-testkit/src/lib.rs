@@ -9,6 +9,7 @@ use machinery_core::{Backend, Broker, Result};
 
 pub mod backend;
 pub mod broker;
+pub mod fixtures;
 mod util;
 
 pub use machinery_core::DeadLetter;
