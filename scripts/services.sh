@@ -12,12 +12,16 @@ SVC_DIR=${SVC_DIR:-.services}
 REDIS_PORT=${REDIS_PORT:-6379}
 AMQP_PORT=${AMQP_PORT:-5672}
 RABBIT_NODE=${RABBIT_NODE:-rabbit@$(hostname -s)}
+MONGO_PORT=${MONGO_PORT:-27017}
+SECANTUS_VERSION=${SECANTUS_VERSION:-0.7.0b3}
+PY=${PY:-python3}
 
 mkdir -p "$SVC_DIR"
 SVC_DIR=$(cd "$SVC_DIR" && pwd)
 log() { printf '[services] %s\n' "$*" >&2; }
 
 redis_ok() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT; printf 'PING\r\n' >&3; IFS= read -r -t 1 l <&3; [[ \$l == +PONG* ]]" 2>/dev/null; }
+mongo_ok() { timeout 5 "$PY" -c "import pymongo; pymongo.MongoClient('127.0.0.1', $MONGO_PORT, directConnection=True, serverSelectionTimeoutMS=1000).admin.command('ping')" >/dev/null 2>&1; }
 amqp_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT; printf 'AMQP\x00\x00\x09\x01' >&3; head -c1 <&3 | od -An -tx1 | grep -q 01" 2>/dev/null; }
 
 wait_for() {
@@ -45,6 +49,11 @@ install_packages() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt[@]}" >/dev/null
   fi
+  # SecantusDB: MongoDB's wire protocol over WiredTiger (no real mongod can be had here).
+  if [ "$("$PY" -c 'import importlib.metadata as m; print(m.version("SecantusDB"))' 2>/dev/null)" != "$SECANTUS_VERSION" ]; then
+    log "pip install SecantusDB==$SECANTUS_VERSION"
+    "$PY" -m pip install -q --disable-pip-version-check "SecantusDB==$SECANTUS_VERSION"
+  fi
 }
 
 launch_redis() {
@@ -62,10 +71,25 @@ launch_rabbitmq() {
   echo "rabbitmqctl:$RABBIT_NODE" >"$SVC_DIR/rabbitmq.pid"
 }
 
+port_free() { ! timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+launch_mongo() {
+  # Port 27017 unless a port was chosen before or 27017 holds something that is not MongoDB.
+  [ -s "$SVC_DIR/mongo.port" ] && MONGO_PORT=$(cat "$SVC_DIR/mongo.port")
+  mongo_ok && { log "mongo-compatible server already up on $MONGO_PORT"; echo "$MONGO_PORT" >"$SVC_DIR/mongo.port"; return; }
+  if ! port_free "$MONGO_PORT"; then
+    MONGO_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  fi
+  echo "$MONGO_PORT" >"$SVC_DIR/mongo.port"
+  nohup "$PY" -m secantus --host 127.0.0.1 --port "$MONGO_PORT" --storage-path :memory: --cache-size 256M \
+    >"$SVC_DIR/mongo.log" 2>&1 &
+  echo $! >"$SVC_DIR/mongo.pid"
+}
+
 write_env() {
   cat >"$SVC_DIR/env.sh" <<ENV
 export MACHINERY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
 export MACHINERY_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
+export MACHINERY_TEST_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
 ENV
   log "wrote $SVC_DIR/env.sh"
 }
@@ -85,6 +109,7 @@ stop_all() {
     fi
     rm -f "$f"
   done
+  rm -f "$SVC_DIR/mongo.port"
 }
 
 case "${1:-start}" in
@@ -92,7 +117,9 @@ case "${1:-start}" in
     install_packages
     launch_rabbitmq
     launch_redis
+    launch_mongo
     wait_for redis 30 redis_ok
+    wait_for mongo 60 mongo_ok
     wait_for rabbitmq 120 amqp_ok
     write_env ;;
   stop) stop_all ;;

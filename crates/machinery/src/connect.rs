@@ -14,7 +14,7 @@ fn scheme_of(url: &str) -> &str {
     }
 }
 
-#[cfg(not(all(feature = "redis", feature = "amqp")))]
+#[cfg(not(all(feature = "redis", feature = "amqp", feature = "mongo")))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),
@@ -35,7 +35,7 @@ fn unknown(scheme: &str, kind: &str, url: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),
         hint: format!(
-            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://",
+            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://",
             redact_url(url)
         ),
     }
@@ -63,7 +63,7 @@ pub async fn broker_from_url(url: &str, config: &Config) -> Result<Arc<dyn Broke
 }
 
 /// A result backend for `url`: `memory://` (or `eager`), `redis://` ... (feature `redis`),
-/// `amqp://` ... (feature `amqp`).
+/// `amqp://` ... (feature `amqp`), `mongodb://` / `mongodb+srv://` (feature `mongo`).
 ///
 /// # Errors
 /// As [`broker_from_url`].
@@ -74,7 +74,7 @@ pub async fn backend_from_url(url: &str, config: &Config) -> Result<Arc<dyn Back
         "redis" | "rediss" | "redis+socket" | "unix" => redis_backend(url, config).await,
         "amqp" | "amqps" => amqp_backend(url, config).await,
         "memcache" => Err(not_available(scheme, "memcache")),
-        "mongodb" | "mongodb+srv" => Err(not_available(scheme, "mongodb")),
+        "mongodb" | "mongodb+srv" => mongo_backend(url, config).await,
         "dynamodb" | "https" => Err(not_available(scheme, "dynamodb")),
         _ => Err(unknown(scheme, "result backend", url)),
     }
@@ -163,6 +163,21 @@ async fn redis_lock(url: &str, _config: &Config) -> Result<Arc<dyn Lock>> {
     Err(feature_off(scheme_of(url), "redis"))
 }
 
+#[cfg(feature = "mongo")]
+async fn mongo_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(
+        machinery_mongo::MongoBackend::connect(machinery_mongo::MongoConfig::from_machinery(
+            url, config,
+        ))
+        .await?,
+    ))
+}
+
+#[cfg(not(feature = "mongo"))]
+async fn mongo_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
+    Err(feature_off(scheme_of(url), "mongo"))
+}
+
 #[cfg(feature = "amqp")]
 async fn amqp_broker(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
     Ok(Arc::new(
@@ -214,7 +229,7 @@ mod tests {
             .to_string();
         assert!(err.contains("kafka"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = backend_from_url("mongodb://h/", &c)
+        let err = backend_from_url("dynamodb://h/", &c)
             .await
             .unwrap_err()
             .to_string();
@@ -239,5 +254,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`amqp` cargo feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "mongo"))]
+    #[tokio::test]
+    async fn disabled_mongo_feature_is_named() {
+        let err = backend_from_url(
+            "mongodb+srv://u:secret@cluster0.example/",
+            &Config::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`mongo` cargo feature"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 }

@@ -14,3 +14,7 @@ pub use machinery_redis as redis;
 /// The AMQP driver (feature `amqp`).
 #[cfg(feature = "amqp")]
 pub use machinery_amqp as amqp;
+
+/// The MongoDB result backend (feature `mongo`).
+#[cfg(feature = "mongo")]
+pub use machinery_mongo as mongo;
