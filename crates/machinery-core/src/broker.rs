@@ -237,6 +237,21 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// [`crate::Error::Unsupported`] when `capabilities().delayed_tasks` is false.
     async fn delayed_tasks(&self) -> Result<Vec<Signature>>;
 
+    /// Stop the consumers started with `consumer_tag` (a worker calls this when it stops):
+    /// they take no new message, and what they took but did not hand out goes back. Settling
+    /// a delivery already handed out still works. Resolves once each of them has given back
+    /// what it still holds, which it does when its stream and every delivery it handed out
+    /// are gone (so await this together with dropping the stream), or after the broker's own
+    /// time limit. The default does nothing: for brokers whose server returns unsettled
+    /// messages when the consumer goes away.
+    ///
+    /// # Errors
+    /// When the give-back fails; the messages then return when the broker's lease ends.
+    async fn stop_consuming(&self, consumer_tag: &str) -> Result<()> {
+        let _ = consumer_tag;
+        Ok(())
+    }
+
     /// Remove every message from `queue` (tests and tooling).
     ///
     /// # Errors

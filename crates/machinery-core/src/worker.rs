@@ -272,20 +272,30 @@ impl Worker {
             }
         }
         info!(worker = %self.tag, running = running.len(), "worker stopping: waiting for running tasks");
-        tokio::select! {
-            // An abort also ends the running tasks at once, so both branches can be ready
-            // together: the abort must win, and is checked again below.
-            biased;
-            _ = abort.cancelled() => {}
-            _ = async { while running.join_next().await.is_some() {} } => {}
+        // The broker takes nothing more for this worker while the running tasks finish (their
+        // acks still go out), and gives back what it prefetched once the stream is dropped.
+        let finish = async {
+            tokio::select! {
+                // An abort also ends the running tasks at once, so both branches can be ready
+                // together: the abort must win, and is checked again below.
+                biased;
+                _ = abort.cancelled() => {}
+                _ = async { while running.join_next().await.is_some() {} } => {}
+            }
+            if abort.is_cancelled() {
+                running.abort_all();
+                while running.join_next().await.is_some() {}
+            }
+            drop(stream);
+        };
+        let (stopped, ()) = tokio::join!(broker.stop_consuming(&self.tag), finish);
+        if let Err(e) = stopped {
+            warn!(worker = %self.tag, error = %e, "the broker could not give back the prefetched tasks; they return when its lease ends");
         }
         if abort.is_cancelled() {
-            running.abort_all();
-            while running.join_next().await.is_some() {}
             warn!(worker = %self.tag, "worker aborted; unfinished tasks will be delivered again");
             return Err(Error::Aborted);
         }
-        drop(stream);
         info!(worker = %self.tag, "worker stopped");
         Ok(())
     }

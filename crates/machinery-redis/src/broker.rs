@@ -1,5 +1,6 @@
 //! `RedisBroker`: Go Machinery's queue layout with per-consumer processing lists and leases.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::client::{self, Backoff, retry_once};
 use crate::config::{RedisConfig, Target};
@@ -49,6 +51,17 @@ struct Inner {
     mover_started: AtomicBool,
     /// Fetch loops and give-backs of stopped consumers, awaited by `close`.
     tasks: TaskTracker,
+    /// The consumers started, by consumer tag, for `stop_consuming`.
+    consumers: std::sync::Mutex<Vec<ConsumerHandle>>,
+}
+
+/// How `stop_consuming` reaches one consumer.
+struct ConsumerHandle {
+    tag: String,
+    /// Stops its fetch loop.
+    stop: CancellationToken,
+    /// Empty once the consumer has given back what it held.
+    released: TaskTracker,
 }
 
 impl fmt::Debug for RedisBroker {
@@ -161,6 +174,7 @@ impl RedisBroker {
                 cancel: CancellationToken::new(),
                 mover_started: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
+                consumers: std::sync::Mutex::default(),
             }),
         })
     }
@@ -365,6 +379,13 @@ impl Broker for RedisBroker {
         let blocking = client::blocking_connection(config, &self.inner.client)
             .await
             .map_err(|e| error::unreachable(&self.inner.target.display, e))?;
+        let released = TaskTracker::new();
+        released.close();
+        let handle = ConsumerHandle {
+            tag: options.consumer_tag.clone(),
+            stop: self.inner.cancel.child_token(),
+            released: released.clone(),
+        };
         let consumer = Arc::new(Consumer {
             keys,
             id,
@@ -374,7 +395,10 @@ impl Broker for RedisBroker {
             default_queue: config.default_queue.clone(),
             acks: std::sync::Mutex::new(AckQueue::default()),
             ack_wake: Notify::new(),
+            held: std::sync::Mutex::default(),
             tasks: self.inner.tasks.clone(),
+            released: Some(released.token()),
+            release_limit: config.response_timeout() + config.connect_timeout(),
         });
         // Register before taking anything, so that a crash right after the first move is
         // recovered; recover dead consumers of this queue at once.
@@ -399,8 +423,17 @@ impl Broker for RedisBroker {
             tx,
             permits: Arc::new(Semaphore::new(prefetch)),
             max_batch: prefetch,
-            cancel: self.inner.cancel.clone(),
+            stop: handle.stop.clone(),
         };
+        {
+            let mut consumers = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            consumers.retain(|c| !c.released.is_empty());
+            consumers.push(handle);
+        }
         self.inner.tasks.spawn(fetcher.run());
         // Tracked like the fetch loop: the heartbeat may hold the last reference to the
         // consumer for a moment, and the give-back on its drop must happen before `close`
@@ -439,6 +472,30 @@ impl Broker for RedisBroker {
         conn.del::<_, ()>(queue)
             .await
             .map_err(|e| error::map(format!("cannot purge {queue}"), e))
+    }
+
+    async fn stop_consuming(&self, consumer_tag: &str) -> Result<()> {
+        let stopping: Vec<ConsumerHandle> = {
+            let mut consumers = self
+                .inner
+                .consumers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (stopping, keep) = std::mem::take(&mut *consumers)
+                .into_iter()
+                .partition(|c| c.tag == consumer_tag);
+            *consumers = keep;
+            stopping
+        };
+        for c in &stopping {
+            c.stop.cancel();
+        }
+        // Each gives back what it holds once its stream and deliveries are gone (the
+        // give-back itself has a time limit).
+        for c in stopping {
+            c.released.wait().await;
+        }
+        Ok(())
     }
 
     async fn close(&self) -> Result<()> {
@@ -480,7 +537,26 @@ struct Consumer {
     default_queue: String,
     acks: std::sync::Mutex<AckQueue>,
     ack_wake: Notify,
+    held: std::sync::Mutex<Held>,
     tasks: TaskTracker,
+    /// Counts this consumer until its give-back is done (see `RedisBroker::stop_consuming`).
+    released: Option<TaskTrackerToken>,
+    /// How long the give-back may take.
+    release_limit: Duration,
+}
+
+/// What the consumer holds: the messages it handed out and that are not settled yet. After a
+/// lost reply the processing list may hold more (a take or a pop that ran on the server, a
+/// requeue that did not); the fetch loop then reconciles the list with this set and gives the
+/// rest back.
+#[derive(Default)]
+struct Held {
+    next_id: u64,
+    out: HashMap<u64, Arc<[u8]>>,
+    /// Acks that failed: removed from the processing list by the next reconciliation.
+    failed_acks: Vec<Arc<[u8]>>,
+    /// The processing list may hold messages nobody will settle.
+    reconcile: bool,
 }
 
 /// Acks waiting to ride on the fetch loop's next round trip: the take script removes them
@@ -494,7 +570,7 @@ struct AckQueue {
 }
 
 struct PendingAck {
-    raw: Vec<u8>,
+    raw: Arc<[u8]>,
     /// `true` once removed; `false` means "not done, do it yourself".
     done: oneshot::Sender<bool>,
 }
@@ -502,6 +578,12 @@ struct PendingAck {
 impl Consumer {
     fn ack_queue(&self) -> std::sync::MutexGuard<'_, AckQueue> {
         self.acks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -518,9 +600,68 @@ impl Consumer {
             let _ = ack.done.send(false);
         }
     }
-}
 
-impl Consumer {
+    /// Record a message handed out; its id settles it.
+    fn hold(&self, raw: Arc<[u8]>) -> u64 {
+        let mut held = self.held();
+        held.next_id += 1;
+        let id = held.next_id;
+        held.out.insert(id, raw);
+        id
+    }
+
+    /// The message `id` is settled (or given up): no longer held.
+    fn unhold(&self, id: u64) {
+        self.held().out.remove(&id);
+    }
+
+    /// The processing list may not match what is held: reconcile it soon.
+    fn needs_reconcile(&self) {
+        self.held().reconcile = true;
+        self.ack_wake.notify_one();
+    }
+
+    /// Make the processing list hold exactly the messages handed out and not settled: remove
+    /// the acks that failed, and give everything else back to the head of the queue.
+    async fn reconcile(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        let (held, failed) = {
+            let mut h = self.held();
+            if !h.reconcile {
+                return Ok(());
+            }
+            h.reconcile = false;
+            let held: Vec<Arc<[u8]>> = h.out.values().cloned().collect();
+            (held, std::mem::take(&mut h.failed_acks))
+        };
+        let mut call = scripts::RECONCILE.prepare_invoke();
+        call.key(&self.processing)
+            .key(&self.keys.queue)
+            .arg(held.len());
+        for raw in held.iter().chain(&failed) {
+            call.arg(&**raw);
+        }
+        match call.invoke_async::<(usize, usize)>(conn).await {
+            Ok((returned, removed)) => {
+                if returned > 0 || removed > 0 {
+                    tracing::info!(
+                        queue = %self.keys.queue,
+                        consumer = %self.id,
+                        returned,
+                        acked = removed,
+                        "redis: reconciled the processing list after a lost reply"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut h = self.held();
+                h.reconcile = true;
+                h.failed_acks.extend(failed);
+                Err(e)
+            }
+        }
+    }
+
     /// What to put in the delayed set so that the delayed mover brings the message back to
     /// this queue: the bytes as they are when their `RoutingKey` already names it, else the
     /// signature re-encoded with it. `None` for a body that is not a signature (it cannot be
@@ -562,6 +703,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        let released = self.released.take();
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -569,24 +711,29 @@ impl Drop for Consumer {
         let keys = self.keys.clone();
         let processing = std::mem::take(&mut self.processing);
         let id = std::mem::take(&mut self.id);
+        let limit = self.release_limit;
         self.tasks.spawn_on(
             async move {
-            let released: RedisResult<usize> = scripts::RELEASE
-                .key(&processing)
-                .key(&keys.queue)
-                .key(&keys.registry)
-                .arg(&id)
-                .invoke_async(&mut conn)
-                .await;
-            match released {
-                Ok(n) => tracing::debug!(queue = %keys.queue, consumer = %id, released = n, "redis: consumer stopped"),
-                Err(e) => tracing::warn!(
-                    queue = %keys.queue,
-                    error = %e,
-                    "redis: could not give back unacknowledged messages; they return once the lease ends"
-                ),
-            }
-        },
+                let mut call = scripts::RELEASE.prepare_invoke();
+                call.key(&processing)
+                    .key(&keys.queue)
+                    .key(&keys.registry)
+                    .arg(&id);
+                let release = call.invoke_async::<usize>(&mut conn);
+                match tokio::time::timeout(limit, release).await {
+                    Ok(Ok(n)) => tracing::debug!(queue = %keys.queue, consumer = %id, released = n, "redis: consumer stopped"),
+                    Ok(Err(e)) => tracing::warn!(
+                        queue = %keys.queue,
+                        error = %e,
+                        "redis: could not give back unacknowledged messages; they return once the lease ends"
+                    ),
+                    Err(_) => tracing::warn!(
+                        queue = %keys.queue,
+                        "redis: giving back unacknowledged messages took longer than {limit:?}; they return once the lease ends"
+                    ),
+                }
+                drop(released);
+            },
             &handle,
         );
     }
@@ -624,7 +771,8 @@ struct Fetcher {
     tx: mpsc::Sender<Result<Delivery>>,
     permits: Arc<Semaphore>,
     max_batch: usize,
-    cancel: CancellationToken,
+    /// Cancelled when this consumer stops taking (its worker stops, or the broker closes).
+    stop: CancellationToken,
 }
 
 enum Step {
@@ -638,7 +786,7 @@ impl Fetcher {
         loop {
             let first = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = self.stop.cancelled() => break,
                 _ = self.tx.closed() => break,
                 _ = self.consumer.ack_wake.notified() => None,
                 p = Arc::clone(&self.permits).acquire_owned() => match p {
@@ -654,7 +802,7 @@ impl Fetcher {
                 }
             }
             let acks = std::mem::take(&mut self.consumer.ack_queue().pending);
-            if permits.is_empty() && acks.is_empty() {
+            if permits.is_empty() && acks.is_empty() && !self.consumer.held().reconcile {
                 continue;
             }
             let step = match self.fetch(permits, acks).await {
@@ -664,6 +812,9 @@ impl Fetcher {
                 }
                 Err(e) => {
                     self.conn = None;
+                    // The reply may be lost while the command ran: whatever it moved into the
+                    // processing list is given back once connected again.
+                    self.consumer.held().reconcile = true;
                     // Until the loop is connected again, acks go out on their own.
                     self.consumer.stop_batching_acks();
                     let err = error::map(format!("cannot consume {}", self.consumer.keys.queue), e);
@@ -672,7 +823,7 @@ impl Fetcher {
                     }
                     let pause = backoff.step();
                     tokio::select! {
-                        _ = self.cancel.cancelled() => Step::Stop,
+                        _ = self.stop.cancelled() => Step::Stop,
                         _ = self.tx.closed() => Step::Stop,
                         _ = tokio::time::sleep(pause) => Step::Continue,
                     }
@@ -682,11 +833,13 @@ impl Fetcher {
                 break;
             }
         }
+        // From now on acks go out on their own: none rides a take that grabs new messages.
         self.consumer.stop_batching_acks();
     }
 
-    /// Settle `acks` and take up to `permits.len()` messages in one script call; when the
-    /// queue is empty, block for one.
+    /// Reconcile the processing list when a reply may have been lost, then settle `acks` and
+    /// take up to `permits.len()` messages in one script call; when the queue is empty, block
+    /// for one.
     async fn fetch(
         &mut self,
         mut permits: Vec<OwnedSemaphorePermit>,
@@ -707,12 +860,21 @@ impl Fetcher {
                 }
             },
         };
+        if let Err(e) = self.consumer.reconcile(conn).await {
+            for ack in acks {
+                let _ = ack.done.send(false);
+            }
+            return Err(e);
+        }
+        if permits.is_empty() && acks.is_empty() {
+            return Ok(Step::Continue);
+        }
         let mut call = scripts::TAKE.prepare_invoke();
         call.key(&self.consumer.keys.queue)
             .key(&self.consumer.processing)
             .arg(permits.len());
         for ack in &acks {
-            call.arg(&ack.raw);
+            call.arg(&*ack.raw);
         }
         let reply: RedisResult<(i64, Vec<Vec<u8>>)> = call.invoke_async(conn).await;
         let (missing, taken) = match reply {
@@ -739,7 +901,7 @@ impl Fetcher {
             }
             return Ok(Step::Continue);
         }
-        if permits.is_empty() {
+        if permits.is_empty() || self.stop.is_cancelled() {
             return Ok(Step::Continue);
         }
         // Nothing waiting: block on one message, acking directly meanwhile (unless acks
@@ -772,12 +934,17 @@ impl Fetcher {
         Ok(Step::Continue)
     }
 
-    /// Hand one message to the stream; false when the stream is gone.
+    /// Hand one message to the stream; false when the stream is gone (the message stays in
+    /// the processing list, given back when the consumer goes away).
     async fn deliver(&self, raw: Vec<u8>, permit: OwnedSemaphorePermit) -> bool {
         let payload = Payload::decode(&raw);
+        let raw: Arc<[u8]> = raw.into();
+        let id = self.consumer.hold(Arc::clone(&raw));
         let acker = RedisAcker {
             consumer: Arc::clone(&self.consumer),
             raw,
+            id,
+            settled: AtomicBool::new(false),
             permit: std::sync::Mutex::new(Some(permit)),
         };
         let delivery = Delivery::new(payload, false, Box::new(acker));
@@ -801,7 +968,11 @@ impl Stream for ConsumerStream {
 /// Settles one delivery: its bytes are removed from the consumer's processing list.
 struct RedisAcker {
     consumer: Arc<Consumer>,
-    raw: Vec<u8>,
+    raw: Arc<[u8]>,
+    /// Its entry in the consumer's held set.
+    id: u64,
+    /// An ack or nack was attempted.
+    settled: AtomicBool,
     /// Released as soon as the delivery is settled (or dropped), so the consumer may take the
     /// next message in the same round trip that settles this one.
     permit: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
@@ -817,16 +988,29 @@ impl RedisAcker {
 
     async fn ack_directly(&self) -> Result<()> {
         let c = &self.consumer;
-        retry_once(&c.conn, |mut conn| async move {
-            conn.lrem::<_, _, i64>(&c.processing, 1, &self.raw).await
+        let removed = retry_once(&c.conn, |mut conn| async move {
+            conn.lrem::<_, _, i64>(&c.processing, 1, &*self.raw).await
         })
-        .await
-        .map(|removed| {
-            if removed == 0 {
-                warn_not_held(&c.keys.queue);
+        .await;
+        match removed {
+            Ok(removed) => {
+                c.unhold(self.id);
+                if removed == 0 {
+                    warn_not_held(&c.keys.queue);
+                }
+                Ok(())
             }
-        })
-        .map_err(|e| error::map(format!("cannot ack on {}", c.keys.queue), e))
+            Err(e) => {
+                // Not dropped: the next reconciliation removes it from the processing list.
+                {
+                    let mut h = c.held();
+                    h.out.remove(&self.id);
+                    h.failed_acks.push(Arc::clone(&self.raw));
+                }
+                c.needs_reconcile();
+                Err(error::map(format!("cannot ack on {}", c.keys.queue), e))
+            }
+        }
     }
 }
 
@@ -840,13 +1024,14 @@ fn warn_not_held(queue: &str) {
 #[async_trait]
 impl Acknowledger for RedisAcker {
     async fn ack(&self) -> Result<()> {
+        self.settled.store(true, Ordering::SeqCst);
         let c = &self.consumer;
         let (done, applied) = oneshot::channel();
         let queued = {
             let mut q = c.ack_queue();
             if !q.direct {
                 q.pending.push(PendingAck {
-                    raw: self.raw.clone(),
+                    raw: Arc::clone(&self.raw),
                     done,
                 });
             }
@@ -858,21 +1043,26 @@ impl Acknowledger for RedisAcker {
         self.release_permit();
         c.ack_wake.notify_one();
         match applied.await {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                c.unhold(self.id);
+                Ok(())
+            }
             _ => self.ack_directly().await,
         }
     }
 
     async fn nack(&self, nack: Nack) -> Result<()> {
+        self.settled.store(true, Ordering::SeqCst);
         let c = &self.consumer;
+        let raw = &*self.raw;
         let mut pipe = redis::pipe();
-        pipe.atomic().lrem(&c.processing, 1, &self.raw).ignore();
+        pipe.atomic().lrem(&c.processing, 1, raw).ignore();
         let what = match &nack {
             Nack::Requeue { delay: None } => {
-                pipe.rpush(&c.keys.queue, &self.raw).ignore();
+                pipe.rpush(&c.keys.queue, raw).ignore();
                 "requeue"
             }
-            Nack::Requeue { delay: Some(delay) } => match c.delayed_member(&self.raw) {
+            Nack::Requeue { delay: Some(delay) } => match c.delayed_member(raw) {
                 Some(member) => {
                     let eta = machinery_core::time::now()
                         + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::MAX);
@@ -881,19 +1071,34 @@ impl Acknowledger for RedisAcker {
                     "requeue with delay"
                 }
                 None => {
-                    pipe.rpush(&c.keys.queue, &self.raw).ignore();
+                    pipe.rpush(&c.keys.queue, raw).ignore();
                     "requeue"
                 }
             },
             Nack::DeadLetter { reason } => {
-                let entry = DeadLetterEntry::encode(&c.keys.queue, &c.id, reason, &self.raw);
+                let entry = DeadLetterEntry::encode(&c.keys.queue, &c.id, reason, raw);
                 pipe.rpush(&c.keys.dead, entry).ignore();
                 "dead-letter"
             }
         };
         let mut conn = c.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| error::map(format!("cannot {what} on {}", c.keys.queue), e))
+        let result = pipe.query_async::<()>(&mut conn).await;
+        // Settled either way: when the reply was lost, the next reconciliation gives the
+        // message back if the nack did not happen.
+        c.unhold(self.id);
+        result.map_err(|e| {
+            c.needs_reconcile();
+            error::map(format!("cannot {what} on {}", c.keys.queue), e)
+        })
+    }
+}
+
+impl Drop for RedisAcker {
+    fn drop(&mut self) {
+        if !self.settled.load(Ordering::SeqCst) {
+            // Dropped without an ack or a nack: give it back (as the memory broker does).
+            self.consumer.unhold(self.id);
+            self.consumer.needs_reconcile();
+        }
     }
 }

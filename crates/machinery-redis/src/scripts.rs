@@ -73,6 +73,49 @@ return moved
     )
 });
 
+/// Make a consumer's processing list hold exactly what the consumer holds, after a lost reply:
+/// remove one occurrence of each failed ack, keep one entry per held message (`ARGV[2..h+1]`,
+/// counted as a multiset), and move every other entry back to the HEAD of the queue, in list
+/// order. Returns how many were moved back and how many failed acks were removed.
+///
+/// KEYS: processing list, queue. ARGV: h (how many held messages follow), the held messages,
+/// then the failed acks.
+pub(crate) static RECONCILE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local h = tonumber(ARGV[1])
+local removed = 0
+for i = h + 2, #ARGV do
+  removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+local keep = {}
+for i = 2, h + 1 do keep[ARGV[i]] = (keep[ARGV[i]] or 0) + 1 end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local kept = {}
+local back = {}
+for _, m in ipairs(items) do
+  local k = keep[m]
+  if k and k > 0 then
+    keep[m] = k - 1
+    kept[#kept + 1] = m
+  else
+    back[#back + 1] = m
+  end
+end
+if #back > 0 then
+  redis.call('DEL', KEYS[1])
+  for i = 1, #kept, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+  end
+  for i = #back, 1, -1 do
+    redis.call('LPUSH', KEYS[2], back[i])
+  end
+end
+return {#back, removed}
+",
+    )
+});
+
 /// Move up to `ARGV[2]` due delayed tasks (score <= `ARGV[1]`, Unix ns) to the tail of the
 /// queue named by their `RoutingKey` (`ARGV[3]` when empty or unreadable), as Go's `RPUSH`
 /// does. Members stay Go's signature JSON byte for byte. Returns how many were moved.
