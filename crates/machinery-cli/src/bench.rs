@@ -1,8 +1,7 @@
 //! `machinery bench`: end-to-end figures for a broker / backend pair. Every run prints what
 //! it measured and the settings, so the line can go straight into BENCHMARKS.md.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,11 +57,49 @@ pub struct BenchArgs {
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
 
+/// What the worker finished: distinct task UUIDs that reached SUCCESS, and every post-task
+/// call. A task run twice (a redelivery) counts once as a completion and shows up as an extra
+/// run, so a figure never counts work that is still queued.
+#[derive(Debug, Default)]
+struct Completions {
+    inner: Mutex<CompletionsInner>,
+}
+
+#[derive(Debug, Default)]
+struct CompletionsInner {
+    succeeded: HashSet<String>,
+    runs: usize,
+}
+
+impl Completions {
+    /// Record one post-task call; returns the number of distinct UUIDs at SUCCESS.
+    fn record(&self, uuid: &str, state: &TaskState) -> usize {
+        let mut c = self.inner.lock().expect("completions");
+        c.runs += 1;
+        if state.is_success() && !c.succeeded.contains(uuid) {
+            c.succeeded.insert(uuid.to_owned());
+        }
+        c.succeeded.len()
+    }
+
+    /// Distinct task UUIDs at SUCCESS.
+    fn done(&self) -> usize {
+        self.inner.lock().expect("completions").succeeded.len()
+    }
+
+    /// Post-task calls beyond one per successful UUID (runs of a task that ran again, or
+    /// failures).
+    fn extra_runs(&self) -> usize {
+        let c = self.inner.lock().expect("completions");
+        c.runs - c.succeeded.len()
+    }
+}
+
 /// A sender server and a worker server on separate connections (shared instances for memory).
 struct Pair {
     sender: Server,
     worker: Server,
-    done: Arc<AtomicUsize>,
+    done: Arc<Completions>,
     notify: Arc<Notify>,
     waiters: Waiters,
 }
@@ -94,7 +131,7 @@ async fn pair(config: &Config) -> Result<Pair> {
     Ok(Pair {
         sender,
         worker,
-        done: Arc::new(AtomicUsize::new(0)),
+        done: Arc::new(Completions::default()),
         notify: Arc::new(Notify::new()),
         waiters: Arc::new(Mutex::new(HashMap::new())),
     })
@@ -109,8 +146,8 @@ impl Pair {
         let done = Arc::clone(&self.done);
         let notify = Arc::clone(&self.notify);
         let waiters = Arc::clone(&self.waiters);
-        w.set_post_task_handler(move |sig: &Signature, _state: &TaskState| {
-            done.fetch_add(1, Ordering::SeqCst);
+        w.set_post_task_handler(move |sig: &Signature, state: &TaskState| {
+            done.record(&sig.uuid, state);
             notify.notify_waiters();
             if let Some(tx) = waiters.lock().expect("waiters").remove(&sig.uuid) {
                 let _ = tx.send(Instant::now());
@@ -123,7 +160,7 @@ impl Pair {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.notify.notified();
-            if self.done.load(Ordering::SeqCst) >= target {
+            if self.done.done() >= target {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -248,12 +285,13 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
     w.join().await?;
     verify_sample(&p.sender, &sample).await?;
     println!(
-        "e2e: {} tasks sent and completed (PENDING, RECEIVED, STARTED, SUCCESS stored) in {:.3} s = {:.0} tasks/s (sending alone took {:.3} s = {:.0} tasks/s)",
+        "e2e: {} tasks sent and completed (PENDING, RECEIVED, STARTED, SUCCESS stored; distinct UUIDs at SUCCESS) in {:.3} s = {:.0} tasks/s (sending alone took {:.3} s = {:.0} tasks/s; {} extra runs)",
         args.n,
         total.as_secs_f64(),
         args.n as f64 / total.as_secs_f64(),
         sent.as_secs_f64(),
-        args.n as f64 / sent.as_secs_f64()
+        args.n as f64 / sent.as_secs_f64(),
+        p.done.extra_runs()
     );
     Ok(())
 }
@@ -274,10 +312,11 @@ async fn drain(config: &Config, args: &BenchArgs) -> Result<()> {
     w.join().await?;
     verify_sample(&p.sender, &sample).await?;
     println!(
-        "drain: {} queued tasks processed in {:.3} s = {:.0} tasks/s",
+        "drain: {} queued tasks processed (distinct UUIDs at SUCCESS) in {:.3} s = {:.0} tasks/s ({} extra runs)",
         args.n,
         total.as_secs_f64(),
-        args.n as f64 / total.as_secs_f64()
+        args.n as f64 / total.as_secs_f64(),
+        p.done.extra_runs()
     );
     Ok(())
 }
@@ -359,7 +398,7 @@ async fn delayed(config: &Config, args: &BenchArgs) -> Result<()> {
     if Instant::now() > due {
         return Err(Error::Timeout(lead));
     }
-    let early = p.done.load(Ordering::SeqCst);
+    let early = p.done.done();
     p.wait_done(n, lead + Duration::from_secs(600)).await?;
     let after_due = Instant::now().saturating_duration_since(due);
     w.quit();
@@ -409,4 +448,34 @@ async fn chord(config: &Config, args: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(uuid: &str, success: bool) -> TaskState {
+        let sig = Signature {
+            uuid: uuid.to_owned(),
+            name: "add".to_owned(),
+            ..Signature::default()
+        };
+        if success {
+            TaskState::success(&sig, Vec::new())
+        } else {
+            TaskState::failure(&sig, "boom")
+        }
+    }
+
+    #[test]
+    fn a_task_run_twice_counts_once() {
+        let c = Completions::default();
+        assert_eq!(c.record("task_a", &state("task_a", true)), 1);
+        // A redelivery of the same task runs it again: still one completion.
+        assert_eq!(c.record("task_a", &state("task_a", true)), 1);
+        assert_eq!(c.record("task_b", &state("task_b", false)), 1);
+        assert_eq!(c.record("task_b", &state("task_b", true)), 2);
+        assert_eq!(c.done(), 2);
+        assert_eq!(c.extra_runs(), 2);
+    }
 }
