@@ -86,10 +86,17 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// Decode a message body; never fails, malformed bodies become [`Payload::Malformed`].
+    /// Decode a message body; never fails, malformed bodies become [`Payload::Malformed`]:
+    /// bytes that are not a JSON object, and signatures without a task name (at any depth).
     pub fn decode(raw: &[u8]) -> Payload {
         match Signature::from_json(raw) {
-            Ok(sig) => Payload::Task(Box::new(sig)),
+            Ok(sig) => match sig.check_names() {
+                Ok(()) => Payload::Task(Box::new(sig)),
+                Err(reason) => Payload::Malformed {
+                    raw: raw.to_vec(),
+                    reason: format!("cannot run this task message: {reason}"),
+                },
+            },
             Err(e) => Payload::Malformed {
                 raw: raw.to_vec(),
                 reason: e.to_string(),

@@ -215,6 +215,14 @@ pub struct WorkerSettings {
     /// Delay before a message for an unregistered task is offered again, milliseconds.
     /// Default 1000. Env `WORKER_UNKNOWN_TASK_DELAY_MS`.
     pub unknown_task_delay_ms: u64,
+    /// How often a message for an unregistered task is offered before the worker gives up:
+    /// FAILURE "task X is not registered" is stored and the message dead-lettered. 0 = no
+    /// limit by count. Default 300. Env `WORKER_UNKNOWN_TASK_MAX_ATTEMPTS`.
+    pub unknown_task_max_attempts: u64,
+    /// How long, in seconds from the first worker that did not know the task, it is offered
+    /// before the worker gives up as above (long enough for a rolling deploy). Default 300.
+    /// Env `WORKER_UNKNOWN_TASK_MAX_WAIT_SECS`.
+    pub unknown_task_max_wait_secs: u64,
     /// How often a task may ask to be retried later before it fails (Go: unlimited).
     /// Default 100. Env `WORKER_RETRY_LATER_MAX_ATTEMPTS`.
     pub retry_later_max_attempts: u32,
@@ -230,6 +238,8 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             unknown_task_delay_ms: 1000,
+            unknown_task_max_attempts: 300,
+            unknown_task_max_wait_secs: 300,
             retry_later_max_attempts: 100,
             task_timeout: 0,
             chord_error_callbacks: true,
@@ -411,6 +421,14 @@ impl Config {
         set!(
             "WORKER_UNKNOWN_TASK_DELAY_MS",
             c.worker.unknown_task_delay_ms
+        );
+        set!(
+            "WORKER_UNKNOWN_TASK_MAX_ATTEMPTS",
+            c.worker.unknown_task_max_attempts
+        );
+        set!(
+            "WORKER_UNKNOWN_TASK_MAX_WAIT_SECS",
+            c.worker.unknown_task_max_wait_secs
         );
         set!(
             "WORKER_RETRY_LATER_MAX_ATTEMPTS",

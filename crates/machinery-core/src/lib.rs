@@ -33,7 +33,10 @@ pub use task::{Task, TaskContext, TaskOptions, Variadic, task};
 pub use time::Timestamp;
 pub use trace::{TRACEPARENT, trace_id};
 pub use types::{ArgError, FromGoValue, FromResults, GoValue, IntoGoValue, IntoResults};
-pub use worker::{RETRY_LATER_HEADER, Worker, WorkerHandle};
+pub use worker::{
+    RETRY_LATER_HEADER, UNREGISTERED_ATTEMPTS_HEADER, UNREGISTERED_SINCE_HEADER, Worker,
+    WorkerHandle,
+};
 pub use workflow::{
     AsyncResult, Chain, ChainAsyncResult, Chord, ChordAsyncResult, Group, fibonacci_next,
 };

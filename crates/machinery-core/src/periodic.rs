@@ -72,7 +72,7 @@ impl Schedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Cron(s) => s.after(&after).next(),
-            Schedule::Every(d) => Some(after + chrono::Duration::from_std(*d).ok()?),
+            Schedule::Every(d) => after.checked_add_signed(chrono::Duration::from_std(*d).ok()?),
         }
     }
 }
@@ -319,6 +319,15 @@ mod tests {
         );
         assert!(
             matches!(Schedule::parse("@every 250ms").unwrap(), Schedule::Every(d) if d == Duration::from_millis(250))
+        );
+        // An interval past the calendar has no next tick instead of panicking.
+        assert_eq!(
+            Schedule::Every(Duration::from_secs(u64::MAX / 4)).next_after(Utc::now()),
+            None
+        );
+        assert_eq!(
+            Schedule::Every(Duration::from_secs(9_000_000_000_000)).next_after(Utc::now()),
+            None
         );
         for s in [
             "*/5 * * * *",

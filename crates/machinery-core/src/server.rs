@@ -234,8 +234,11 @@ impl Server {
         *self.inner.pre_publish.write().expect("hook poisoned") = Some(Arc::new(hook));
     }
 
-    /// Fill what Go fills before publishing: UUID, routing key, headers, trace context.
-    fn prepare(&self, sig: &mut Signature) {
+    /// Fill what Go fills before publishing: UUID, routing key, headers, trace context; then
+    /// check what can be checked before anything is stored (names, size).
+    fn prepare(&self, sig: &mut Signature) -> Result<()> {
+        sig.check_names()
+            .map_err(|reason| Error::config("task name", format!("must not be empty: {reason}")))?;
         if sig.uuid.is_empty() {
             sig.uuid = crate::new_task_uuid();
         }
@@ -251,10 +254,15 @@ impl Server {
             .clone();
         if let Some(hook) = hook {
             hook(sig);
+            sig.check_names().map_err(|reason| {
+                Error::config("task name", format!("must not be empty: {reason}"))
+            })?;
         }
+        self.check_size(sig)
     }
 
-    async fn publish_checked(&self, sig: &Signature) -> Result<()> {
+    /// The broker's size limit, checked before anything is stored.
+    fn check_size(&self, sig: &Signature) -> Result<()> {
         if let Some(limit) = self.inner.broker.capabilities().max_message_bytes {
             let size = sig.to_json()?.len();
             if size > limit {
@@ -265,21 +273,42 @@ impl Server {
                 });
             }
         }
-        self.inner.broker.publish(sig).await
+        Ok(())
     }
 
-    /// Send one task: store PENDING, then publish (as Go does).
+    /// Publish a task whose PENDING state is stored; if the broker refuses it, store FAILURE
+    /// with the broker's error so that nobody waits for a task that does not exist.
+    async fn publish_stored(&self, sig: &Signature) -> Result<()> {
+        let Err(e) = self.inner.broker.publish(sig).await else {
+            return Ok(());
+        };
+        let text = format!("the task could not be sent: {e}");
+        tracing::error!(uuid = %sig.uuid, name = %sig.name, error = %e, "publish failed after PENDING was stored; storing FAILURE");
+        if let Err(e2) = self
+            .inner
+            .backend
+            .set_state(&TaskState::failure(sig, &text))
+            .await
+        {
+            tracing::error!(uuid = %sig.uuid, error = %e2, "cannot store FAILURE for a task that was not sent; its state stays PENDING");
+        }
+        Err(e)
+    }
+
+    /// Send one task: check it, store PENDING, then publish (as Go does). A task the broker
+    /// refuses ends FAILURE with the broker's error.
     ///
     /// # Errors
     /// When the backend or the broker fails; [`Error::TooLarge`] when the message is over the
-    /// broker's limit.
+    /// broker's limit (nothing is stored then); [`Error::Config`] when a signature in it has
+    /// no task name.
     pub async fn send_task(&self, mut sig: Signature) -> Result<AsyncResult> {
-        self.prepare(&mut sig);
+        self.prepare(&mut sig)?;
         self.inner
             .backend
             .set_state(&TaskState::pending(&sig))
             .await?;
-        self.publish_checked(&sig).await?;
+        self.publish_stored(&sig).await?;
         Ok(AsyncResult::new(sig, Arc::clone(&self.inner.backend)))
     }
 
@@ -295,7 +324,7 @@ impl Server {
     ) -> Result<Vec<AsyncResult>> {
         let mut tasks = group.tasks;
         for t in &mut tasks {
-            self.prepare(t);
+            self.prepare(t)?;
         }
         let uuids: Vec<String> = tasks.iter().map(|t| t.uuid.clone()).collect();
         self.inner
@@ -323,7 +352,7 @@ impl Server {
         futures::stream::iter(tasks.clone())
             .map(move |t| {
                 let server = server.clone();
-                async move { server.publish_checked(&t).await }
+                async move { server.publish_stored(&t).await }
             })
             .buffer_unordered(limit)
             .collect::<Vec<_>>()

@@ -278,11 +278,9 @@ impl Signature {
         self
     }
 
-    /// Run no earlier than `delay` from now.
+    /// Run no earlier than `delay` from now (saturating at [`crate::time::latest`]).
     pub fn delay(self, delay: Duration) -> Self {
-        let eta =
-            crate::time::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-        self.eta(eta)
+        self.eta(crate::time::after(delay))
     }
 
     /// Retry up to `count` times with a Fibonacci back-off seeded by `timeout_secs`.
@@ -343,14 +341,73 @@ impl Signature {
     /// # Errors
     /// [`Error::Decode`] when the bytes are not JSON or not a signature object.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        // Go decodes `null` into a zero Signature and then loops on a task named "": a
+        // message must be an object.
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            Some(_) => {
+                return Err(Error::Decode {
+                    what: "signature",
+                    message: format!(
+                        "a task message must be a JSON object, got {}",
+                        json_kind(bytes)
+                    ),
+                });
+            }
+            None => {
+                return Err(Error::Decode {
+                    what: "signature",
+                    message: "empty message".to_owned(),
+                });
+            }
+        }
         let sig: Signature =
             serde_json::from_slice(bytes).map_err(|e| Error::decode("signature", e))?;
         Ok(sig)
     }
 
+    /// Check that this signature and every signature it carries (`OnSuccess`, `OnError`,
+    /// `ChordCallback`, at any depth) names a task: a task without a name can never run.
+    ///
+    /// # Errors
+    /// A text saying which signature has no name.
+    pub fn check_names(&self) -> std::result::Result<(), String> {
+        // Iterative: a chain nests thousands of levels deep.
+        let mut stack: Vec<(&Signature, Option<(&Signature, &'static str)>)> = vec![(self, None)];
+        while let Some((sig, parent)) = stack.pop() {
+            if sig.name.is_empty() {
+                return Err(match parent {
+                    None => "the task has no Name".to_owned(),
+                    Some((p, field)) => format!(
+                        "a signature in {field} of task {} ({}) has no Name",
+                        p.name, p.uuid
+                    ),
+                });
+            }
+            stack.extend(sig.on_success.iter().map(|s| (s, Some((sig, "OnSuccess")))));
+            stack.extend(sig.on_error.iter().map(|s| (s, Some((sig, "OnError")))));
+            if let Some(cb) = &sig.chord_callback {
+                stack.push((cb, Some((sig, "ChordCallback"))));
+            }
+        }
+        Ok(())
+    }
+
     /// The ETA if it is in the future.
     pub fn future_eta(&self) -> Option<Timestamp> {
         self.eta.filter(|eta| *eta > crate::time::now())
+    }
+}
+
+/// `null`, `a number`, ... for error messages.
+fn json_kind(bytes: &[u8]) -> &'static str {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => "something that is not JSON",
     }
 }
 
@@ -370,7 +427,26 @@ mod tests {
         assert!(s.headers.is_none());
         assert!(Signature::from_json(b"[1]").is_err());
         assert!(Signature::from_json(b"{\"ETA\":\"yesterday\"}").is_err());
-        assert_eq!(Signature::from_json(b"null").unwrap(), Signature::default());
+        assert_eq!(Signature::from_json(b" {}").unwrap(), Signature::default());
+        for (body, kind) in [
+            (&b"null"[..], "null"),
+            (b" 5", "a number"),
+            (b"\"x\"", "a string"),
+            (b"true", "a boolean"),
+            (b"[]", "an array"),
+        ] {
+            let err = Signature::from_json(body).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("must be a JSON object, got {kind}")),
+                "{err}"
+            );
+        }
+        assert!(
+            Signature::from_json(b"  ")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
     }
 
     #[test]

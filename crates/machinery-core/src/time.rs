@@ -12,9 +12,30 @@ pub fn now() -> Timestamp {
     Utc::now().fixed_offset()
 }
 
-/// Now plus `d` (saturating), in UTC.
+/// Now plus `d`, in UTC, saturating at [`latest`]: a duration from the wire can be anything
+/// and must never panic the worker.
 pub fn after(d: std::time::Duration) -> Timestamp {
-    now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    add(&now(), d)
+}
+
+/// `t` plus `d`, saturating at [`latest`] (never panics, whatever `d` is).
+pub fn add(t: &Timestamp, d: std::time::Duration) -> Timestamp {
+    let latest = latest();
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .map_or(latest, |t| if t > latest { latest } else { t })
+}
+
+/// The latest time computed here: `9999-12-31T23:59:59.999999999Z`, the last instant Go's
+/// `time.Time` can write as JSON (a later year makes Go's `MarshalJSON` fail).
+pub fn latest() -> Timestamp {
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .expect("valid date")
+        .and_hms_nano_opt(23, 59, 59, 999_999_999)
+        .expect("valid time")
+        .and_utc()
+        .fixed_offset()
 }
 
 /// Go's zero `time.Time`: `0001-01-01T00:00:00Z`.
@@ -88,5 +109,28 @@ mod tests {
             assert_eq!(format(&parse(s).unwrap()), s);
         }
         assert_eq!(format(&zero()), "0001-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn adding_any_duration_saturates() {
+        let max = std::time::Duration::MAX;
+        assert_eq!(after(max), latest());
+        assert_eq!(add(&latest(), std::time::Duration::from_nanos(1)), latest());
+        // Over chrono's own range (year 262 143) and just under it.
+        assert_eq!(
+            after(std::time::Duration::from_secs(u64::MAX / 2)),
+            latest()
+        );
+        assert_eq!(
+            after(std::time::Duration::from_secs(9_000_000_000_000)),
+            latest()
+        );
+        assert_eq!(format(&latest()), "9999-12-31T23:59:59.999999999Z");
+        assert_eq!(unix_nanos(&latest()), i64::MAX);
+        let t = parse("2030-01-02T03:04:05Z").unwrap();
+        assert_eq!(
+            format(&add(&t, std::time::Duration::from_secs(60))),
+            "2030-01-02T03:05:05Z"
+        );
     }
 }

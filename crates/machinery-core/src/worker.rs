@@ -22,6 +22,12 @@ use crate::{
 /// Header counting "retry later" attempts, so that they can be capped (Go loops forever).
 pub const RETRY_LATER_HEADER: &str = "machinery_retry_later_attempts";
 
+/// Header counting how often a task no worker knows was offered again (Go loops forever).
+pub const UNREGISTERED_ATTEMPTS_HEADER: &str = "machinery_unregistered_attempts";
+
+/// Header holding when a worker first found the task's name unregistered (RFC 3339).
+pub const UNREGISTERED_SINCE_HEADER: &str = "machinery_unregistered_since";
+
 type ErrorHook = dyn Fn(&Signature, &TaskError) + Send + Sync;
 type PreTaskHook = dyn Fn(&Signature) + Send + Sync;
 type PostTaskHook = dyn Fn(&Signature, &TaskState) + Send + Sync;
@@ -229,7 +235,9 @@ impl Worker {
         });
         let mut running = JoinSet::new();
         loop {
-            while running.try_join_next().is_some() {}
+            while let Some(r) = running.try_join_next() {
+                report_join(&self.tag, r);
+            }
             if let Some(hook) = &this.hooks.pre_consume
                 && !hook()
             {
@@ -280,11 +288,19 @@ impl Worker {
                 // together: the abort must win, and is checked again below.
                 biased;
                 _ = abort.cancelled() => {}
-                _ = async { while running.join_next().await.is_some() {} } => {}
+                _ = async {
+                    while let Some(r) = running.join_next().await {
+                        report_join(&self.tag, r);
+                    }
+                } => {}
             }
             if abort.is_cancelled() {
                 running.abort_all();
-                while running.join_next().await.is_some() {}
+                while let Some(r) = running.join_next().await {
+                    if !r.as_ref().is_err_and(tokio::task::JoinError::is_cancelled) {
+                        report_join(&self.tag, r);
+                    }
+                }
             }
             drop(stream);
         };
@@ -298,6 +314,19 @@ impl Worker {
         }
         info!(worker = %self.tag, "worker stopped");
         Ok(())
+    }
+}
+
+/// A delivery's task ended: processing catches panics itself, so an error here is a bug
+/// worth a loud line (the delivery goes back to the broker when its handle is dropped).
+fn report_join(worker: &str, r: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            let msg = panic_message(e.into_panic().as_ref());
+            error!(worker = %worker, panic = %msg, "processing a delivery panicked outside its guard");
+        } else {
+            error!(worker = %worker, error = %e, "processing a delivery ended abnormally");
+        }
     }
 }
 
@@ -343,6 +372,38 @@ fn spawn_signal_listener(stop: CancellationToken, abort: CancellationToken) -> R
     Ok(())
 }
 
+/// How to settle a delivery once its processing ended.
+enum Settle {
+    Ack,
+    Requeue(Duration),
+    DeadLetter(String),
+    /// Neither: the worker is aborting; the broker delivers it again.
+    Leave,
+}
+
+impl Settle {
+    async fn apply(self, delivery: Delivery) {
+        match self {
+            Settle::Ack => {
+                if let Err(e) = delivery.ack().await {
+                    warn!(error = %e, "ack failed; the task may run again");
+                }
+            }
+            Settle::Requeue(delay) => {
+                if let Err(e) = delivery.requeue(Some(delay)).await {
+                    warn!(error = %e, "requeue failed; the message will be delivered again");
+                }
+            }
+            Settle::DeadLetter(reason) => {
+                if let Err(e) = delivery.dead_letter(reason).await {
+                    error!(error = %e, "cannot dead-letter the message; it will be delivered again");
+                }
+            }
+            Settle::Leave => drop(delivery),
+        }
+    }
+}
+
 struct Runner {
     server: Server,
     hooks: Hooks,
@@ -373,44 +434,138 @@ impl Runner {
             trace_id = crate::trace::trace_id(sig.headers.as_ref()).unwrap_or(""),
         );
         async move {
-            let Some(task) = self.server.task(&sig.name) else {
-                if sig.ignore_when_task_not_registered {
-                    info!("task not registered here; dropping it (IgnoreWhenTaskNotRegistered)");
-                    if let Err(e) = delivery.ack().await {
-                        warn!(error = %e, "ack failed");
-                    }
-                } else {
-                    let delay = Duration::from_millis(self.config().worker.unknown_task_delay_ms);
-                    warn!(?delay, "task not registered here; requeueing it");
-                    if let Err(e) = delivery.requeue(Some(delay)).await {
-                        warn!(error = %e, "requeue failed; the message will be delivered again");
-                    }
-                }
-                return;
+            // Everything done for this delivery (task call, hooks, states, follow-ups) runs
+            // under one unwind guard: a panic anywhere becomes FAILURE plus a dead letter with
+            // the reason, never a redelivery loop.
+            let settle = match AssertUnwindSafe(self.handle(&sig)).catch_unwind().await {
+                Ok(settle) => settle,
+                Err(panic) => self.panicked(&sig, panic_message(panic.as_ref())).await,
             };
-            let outcome = tokio::select! {
-                r = self.execute(&sig, &task) => r,
-                _ = self.abort.cancelled() => return, // not acked: delivered again
-            };
-            match outcome {
-                Ok(()) => {
-                    if let Err(e) = delivery.ack().await {
-                        warn!(error = %e, "ack failed; the task may run again");
-                    }
-                }
-                Err(e) => {
-                    // Temporary (connection) problems are retried soon; anything else slowly,
-                    // so a persistent fault does not spin but the task is never dropped.
-                    let delay = if e.is_temporary() { 1 } else { 10 };
-                    error!(error = %e, temporary = e.is_temporary(), "cannot record the task's outcome; requeueing it");
-                    if let Err(e) = delivery.requeue(Some(Duration::from_secs(delay))).await {
-                        warn!(error = %e, "requeue failed; the message will be delivered again");
-                    }
-                }
-            }
+            settle.apply(delivery).await;
         }
         .instrument(span)
         .await;
+    }
+
+    /// Processing panicked: store FAILURE with the reason and dead-letter the message.
+    async fn panicked(&self, sig: &Signature, panic: String) -> Settle {
+        let reason = format!(
+            "the worker panicked while processing task {} ({}): {panic}",
+            sig.name, sig.uuid
+        );
+        error!(reason = %reason, "processing panicked: storing FAILURE and dead-lettering the message");
+        let stored = AssertUnwindSafe(
+            self.server
+                .backend()
+                .set_state(&TaskState::failure(sig, &reason)),
+        )
+        .catch_unwind()
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "cannot store FAILURE after a panic"),
+            Err(_) => error!("storing FAILURE after a panic panicked too"),
+        }
+        Settle::DeadLetter(reason)
+    }
+
+    /// Run one decoded delivery to its end and say how to settle the message.
+    async fn handle(&self, sig: &Arc<Signature>) -> Settle {
+        let Some(task) = self.server.task(&sig.name) else {
+            return self.not_registered(sig).await;
+        };
+        let outcome = tokio::select! {
+            r = self.execute(sig, &task) => r,
+            _ = self.abort.cancelled() => return Settle::Leave, // delivered again
+        };
+        match outcome {
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                // Temporary (connection) problems are retried soon; anything else slowly,
+                // so a persistent fault does not spin but the task is never dropped.
+                let delay = if e.is_temporary() { 1 } else { 10 };
+                error!(error = %e, temporary = e.is_temporary(), "cannot record the task's outcome; requeueing it");
+                Settle::Requeue(Duration::from_secs(delay))
+            }
+        }
+    }
+
+    /// No task of this name here. Offered again (a rolling deploy may bring a worker that
+    /// knows it) until `worker.unknown_task_max_attempts` attempts or
+    /// `worker.unknown_task_max_wait_secs` have passed; then FAILURE "task X is not
+    /// registered" is stored (so a waiting sender gets an answer) and the message is
+    /// dead-lettered. With `IgnoreWhenTaskNotRegistered` the message is dropped at once, as Go
+    /// does, and FAILURE is stored too, so the state never stays PENDING.
+    async fn not_registered(&self, sig: &Arc<Signature>) -> Settle {
+        let settings = &self.config().worker;
+        let text = format!("task {} is not registered", sig.name);
+        if sig.ignore_when_task_not_registered {
+            info!(
+                "task not registered here; dropping it (IgnoreWhenTaskNotRegistered) and storing FAILURE"
+            );
+            let err = TaskError::Fatal(format!("{text} (dropped: IgnoreWhenTaskNotRegistered)"));
+            return match self.failed(sig, err).await {
+                Ok(()) => Settle::Ack,
+                Err(e) => {
+                    warn!(error = %e, "cannot store FAILURE for an unregistered task; requeueing it");
+                    Settle::Requeue(Duration::from_secs(1))
+                }
+            };
+        }
+        let now = crate::time::now();
+        let headers = sig.headers.as_ref();
+        let attempts = headers
+            .and_then(|h| h.get(UNREGISTERED_ATTEMPTS_HEADER))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            .saturating_add(1);
+        let since = headers
+            .and_then(|h| h.get(UNREGISTERED_SINCE_HEADER))
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| crate::time::parse(s).ok())
+            .filter(|t| *t <= now)
+            .unwrap_or(now);
+        let waited = (now - since).to_std().unwrap_or_default();
+        let max_attempts = settings.unknown_task_max_attempts;
+        let max_wait = Duration::from_secs(settings.unknown_task_max_wait_secs);
+        if (max_attempts > 0 && attempts >= max_attempts) || waited >= max_wait {
+            let reason = format!(
+                "{text} (offered {attempts} times over {:.0} s; no worker knows it)",
+                waited.as_secs_f64()
+            );
+            error!(reason = %reason, "giving up on an unregistered task: storing FAILURE and dead-lettering it");
+            return match self.failed(sig, TaskError::Fatal(text)).await {
+                Ok(()) => Settle::DeadLetter(reason),
+                Err(e) => {
+                    warn!(error = %e, "cannot store FAILURE for an unregistered task; requeueing it");
+                    Settle::Requeue(Duration::from_secs(1))
+                }
+            };
+        }
+        // Offer it again later with the count and the first sighting carried in its headers,
+        // so every worker of the fleet counts the same attempts.
+        let delay = Duration::from_millis(settings.unknown_task_delay_ms);
+        warn!(
+            ?delay,
+            attempts,
+            waited_s = waited.as_secs(),
+            "task not registered here; offering it again later"
+        );
+        let mut again = Signature::clone(sig);
+        let h = again.headers.get_or_insert_with(Default::default);
+        h.insert(UNREGISTERED_ATTEMPTS_HEADER.to_owned(), attempts.into());
+        h.insert(
+            UNREGISTERED_SINCE_HEADER.to_owned(),
+            crate::time::format(&since).into(),
+        );
+        again.eta = Some(crate::time::after(delay));
+        match self.server.broker().publish(&again).await {
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                warn!(error = %e, "cannot publish the unregistered task again; requeueing it");
+                Settle::Requeue(delay)
+            }
+        }
     }
 
     async fn set_state(&self, state: TaskState) -> Result<TaskState> {

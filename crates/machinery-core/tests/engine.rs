@@ -245,9 +245,370 @@ async fn ignore_when_not_registered_drops_the_message() {
         assert!(Instant::now() < deadline, "message never taken");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Dropped as Go drops it, but the sender is told: FAILURE, not PENDING forever.
+    let err = r
+        .get_with_timeout(WAIT, Duration::from_millis(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed(m) if m.contains("task nobody_knows is not registered")),
+        "{err:?}"
+    );
     assert_eq!(broker.ready_len("machinery_tasks"), 0);
+    assert!(broker.dead_letters("machinery_tasks").is_empty());
+    w.quit();
+    w.join().await.unwrap();
+}
+
+/// Waits until `f` holds, polling; panics after `WAIT`.
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn unregistered_task_ends_in_failure_after_max_attempts() {
+    let backend = Arc::new(Recording::default());
+    let broker = MemoryBroker::new();
+    let mut c = config();
+    c.worker.unknown_task_delay_ms = 20;
+    c.worker.unknown_task_max_attempts = 3;
+    let server = Server::new(c, broker.clone(), Arc::clone(&backend) as Arc<dyn Backend>);
+    let w = server.new_worker("t", 2).launch();
+    let r = server
+        .send_task(Signature::new("nobody_knows"))
+        .await
+        .unwrap();
+    let err = r
+        .get_with_timeout(WAIT, Duration::from_millis(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed(m) if m == "task nobody_knows is not registered"),
+        "{err:?}"
+    );
+    assert_eq!(
+        backend.states_of(r.uuid()),
+        vec![State::Pending, State::Failure]
+    );
+    wait_until("the dead letter", || {
+        !broker.dead_letters("machinery_tasks").is_empty()
+    })
+    .await;
+    let dead = broker.dead_letters("machinery_tasks");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]
+            .reason
+            .contains("task nobody_knows is not registered")
+            && dead[0].reason.contains("offered 3 times"),
+        "{}",
+        dead[0].reason
+    );
+    let sig = Signature::from_json(&dead[0].body).unwrap();
+    assert_eq!(sig.uuid, r.uuid());
+    w.quit();
+    w.join().await.unwrap();
+    assert_eq!(broker.ready_len("machinery_tasks"), 0);
+    assert!(
+        machinery_core::Broker::delayed_tasks(&broker)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn unregistered_task_ends_in_failure_after_max_wait() {
+    let broker = MemoryBroker::new();
+    let mut c = config();
+    c.worker.unknown_task_delay_ms = 50;
+    c.worker.unknown_task_max_attempts = 0; // no count limit: time only
+    c.worker.unknown_task_max_wait_secs = 1;
+    let server = Server::new(c, broker.clone(), MemoryBackend::new());
+    let w = server.new_worker("t", 1).launch();
+    let start = Instant::now();
+    let r = server
+        .send_task(Signature::new("nobody_knows"))
+        .await
+        .unwrap();
+    let err = r
+        .get_with_timeout(WAIT, Duration::from_millis(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed(m) if m.contains("not registered")),
+        "{err:?}"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1), "gave up early");
+    wait_until("the dead letter", || {
+        broker.dead_letters("machinery_tasks").len() == 1
+    })
+    .await;
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn task_registered_while_it_waits_runs_rolling_deploy() {
+    let (server, _, _) = setup();
+    let w = server.new_worker("t", 1).launch();
+    let r = server
+        .send_task(Signature::new("late").arg(5i64))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(r.state().await.unwrap().state, State::Pending);
+    server
+        .register_task("late", |x: i64| async move { Ok::<_, TaskError>(x * 2) })
+        .unwrap();
+    assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 10);
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn null_and_nameless_bodies_are_malformed_at_once() {
+    let (server, _, broker) = setup();
+    let pulls = Arc::new(AtomicUsize::new(0));
+    let p2 = Arc::clone(&pulls);
+    let mut worker = server.new_worker("t", 1);
+    worker.set_pre_consume_handler(move || {
+        p2.fetch_add(1, Ordering::SeqCst);
+        true
+    });
+    let w = worker.launch();
+    let bodies: [&[u8]; 6] = [
+        b"null",
+        b" 5",
+        b"\"add\"",
+        b"{}",
+        br#"{"Name":""}"#,
+        br#"{"UUID":"task_x","Name":"add","OnSuccess":[null]}"#,
+    ];
+    for b in bodies {
+        broker.inject_raw("machinery_tasks", b).unwrap();
+    }
+    let r = server
+        .send_task(Signature::new("add").arg(2i64).arg(2i64))
+        .await
+        .unwrap();
+    assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 4);
+    wait_until("six dead letters", || {
+        broker.dead_letters("machinery_tasks").len() == 6
+    })
+    .await;
+    let dead = broker.dead_letters("machinery_tasks");
+    assert!(
+        dead[0].reason.contains("must be a JSON object, got null"),
+        "{}",
+        dead[0].reason
+    );
+    assert!(dead[3].reason.contains("has no Name"), "{}", dead[3].reason);
+    assert!(
+        dead[5]
+            .reason
+            .contains("in OnSuccess of task add (task_x) has no Name"),
+        "{}",
+        dead[5].reason
+    );
+    // Each was taken once: nothing was offered again.
+    assert!(
+        pulls.load(Ordering::SeqCst) <= 9,
+        "{} pulls",
+        pulls.load(Ordering::SeqCst)
+    );
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn empty_task_name_is_refused_at_send() {
+    let (server, rec, _) = setup();
+    let err = server.send_task(Signature::new("")).await.unwrap_err();
+    assert!(matches!(&err, Error::Config { .. }), "{err:?}");
+    let nested = Signature::new("add").on_success(Signature::new(""));
+    let err = server.send_task(nested).await.unwrap_err();
+    assert!(err.to_string().contains("OnSuccess"), "{err}");
+    let err = server
+        .send_group(
+            Group::new(vec![Signature::new("add"), Signature::new("")]),
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Config { .. }), "{err:?}");
+    assert!(rec.log.lock().unwrap().is_empty(), "nothing is stored");
+}
+
+#[tokio::test]
+async fn too_large_task_is_refused_before_pending_is_stored() {
+    let (server, rec, broker) = setup();
+    broker.set_max_message_bytes(Some(2_000));
+    let sig = Signature::new("add").arg("x".repeat(5_000));
+    let uuid = sig.uuid.clone();
+    let err = server.send_task(sig).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::TooLarge { limit: 2_000, .. }),
+        "{err:?}"
+    );
+    assert!(
+        rec.states_of(&uuid).is_empty(),
+        "a state was stored for a task never sent"
+    );
+    let r = server
+        .send_task(Signature::new("add").arg(1i64))
+        .await
+        .unwrap();
+    assert_eq!(rec.states_of(r.uuid()), vec![State::Pending]);
+}
+
+#[tokio::test]
+async fn failed_publish_stores_failure_with_the_error() {
+    let (server, rec, broker) = setup();
+    machinery_core::Broker::close(&broker).await.unwrap();
+    let sig = Signature::new("add").arg(1i64);
+    let uuid = sig.uuid.clone();
+    let err = server.send_task(sig).await.unwrap_err();
+    assert!(matches!(&err, Error::Closed(_)), "{err:?}");
+    assert_eq!(rec.states_of(&uuid), vec![State::Pending, State::Failure]);
+    let st = server.backend().state(&uuid).await.unwrap().unwrap();
+    assert!(
+        st.error.contains("could not be sent") && st.error.contains("closed"),
+        "{}",
+        st.error
+    );
+    // A group: every member the broker refused ends FAILURE too.
+    let g = Group::new(vec![Signature::new("add"), Signature::new("add")]);
+    let uuids: Vec<String> = g.tasks.iter().map(|t| t.uuid.clone()).collect();
+    server.send_group(g, 0).await.unwrap_err();
+    for u in &uuids {
+        assert_eq!(rec.states_of(u), vec![State::Pending, State::Failure]);
+    }
+}
+
+#[tokio::test]
+async fn huge_durations_from_the_wire_do_not_panic_the_worker() {
+    let (server, rec, broker) = setup();
+    server
+        .register_task("always_fails", || async {
+            Err::<(), _>(TaskError::failed("no"))
+        })
+        .unwrap();
+    server
+        .register_task("later_forever", || async {
+            Err::<(), _>(TaskError::retry_later("later", Duration::MAX))
+        })
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = Arc::clone(&calls);
+    let mut worker = server.new_worker("t", 1);
+    worker.set_pre_task_handler(move |_| {
+        c2.fetch_add(1, Ordering::SeqCst);
+    });
+    let w = worker.launch();
+    // A RetryTimeout as large as the wire allows, a retry_later of Duration::MAX and a delay
+    // of u64::MAX seconds: each is parked at the latest time instead of panicking.
+    let a = server
+        .send_task(Signature::new("always_fails").retries(1, i64::MAX))
+        .await
+        .unwrap();
+    let b = server
+        .send_task(Signature::new("later_forever"))
+        .await
+        .unwrap();
+    let c = server
+        .send_task(Signature::new("add").delay(Duration::from_secs(u64::MAX)))
+        .await
+        .unwrap();
+    let d = server
+        .send_task(Signature::new("add").arg(1i64).arg(1i64))
+        .await
+        .unwrap();
+    assert_eq!(d.get_as::<i64>(WAIT).await.unwrap(), 2);
+    // RETRY, then PENDING again as the retry is sent (as Go does).
+    let retried = vec![
+        State::Pending,
+        State::Received,
+        State::Started,
+        State::Retry,
+        State::Pending,
+    ];
+    wait_until("both retries parked", || {
+        rec.states_of(a.uuid()) == retried && rec.states_of(b.uuid()) == retried
+    })
+    .await;
+    let delayed = machinery_core::Broker::delayed_tasks(&broker)
+        .await
+        .unwrap();
+    assert_eq!(delayed.len(), 3, "{delayed:?}");
+    for s in &delayed {
+        assert_eq!(s.eta, Some(machinery_core::time::latest()), "{}", s.name);
+    }
+    assert_eq!(rec.states_of(c.uuid()), vec![State::Pending]);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "each task ran exactly once"
+    );
+    w.quit();
+    w.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panic_outside_the_task_is_failure_and_a_dead_letter_not_a_loop() {
+    let (server, rec, broker) = setup();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c2 = Arc::clone(&calls);
+    let mut worker = server.new_worker("t", 1);
+    worker.set_post_task_handler(move |sig, _| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        if sig.args.len() == 3 {
+            panic!("post-task hook exploded");
+        }
+    });
+    let w = worker.launch();
+    let bad = server
+        .send_task(Signature::new("add").arg(1i64).arg(2i64).arg(3i64))
+        .await
+        .unwrap();
+    let err = bad
+        .get_with_timeout(WAIT, Duration::from_millis(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed(m) if m.contains("panicked") && m.contains("post-task hook exploded")),
+        "{err:?}"
+    );
+    wait_until("the dead letter", || {
+        broker.dead_letters("machinery_tasks").len() == 1
+    })
+    .await;
+    assert!(
+        broker.dead_letters("machinery_tasks")[0]
+            .reason
+            .contains("post-task hook exploded")
+    );
+    // The worker goes on, and the message was not delivered again.
+    let ok = server
+        .send_task(Signature::new("add").arg(1i64).arg(1i64))
+        .await
+        .unwrap();
+    assert_eq!(ok.get_as::<i64>(WAIT).await.unwrap(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        rec.states_of(bad.uuid()),
+        vec![
+            State::Pending,
+            State::Received,
+            State::Started,
+            State::Success,
+            State::Failure
+        ]
+    );
     w.quit();
     w.join().await.unwrap();
 }

@@ -1064,8 +1064,7 @@ impl Acknowledger for RedisAcker {
             }
             Nack::Requeue { delay: Some(delay) } => match c.delayed_member(raw) {
                 Some(member) => {
-                    let eta = machinery_core::time::now()
-                        + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::MAX);
+                    let eta = machinery_core::time::after(*delay);
                     let score = machinery_core::time::unix_nanos(&eta);
                     pipe.zadd(&c.delayed_key, member, score).ignore();
                     "requeue with delay"

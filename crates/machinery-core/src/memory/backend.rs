@@ -131,7 +131,10 @@ impl MemoryBackend {
     fn entry(&self, json: Vec<u8>) -> Entry {
         Entry {
             json,
-            expires: Instant::now() + self.inner.ttl,
+            // A TTL from the config can be anything; past ~a century it is "never".
+            expires: Instant::now()
+                .checked_add(self.inner.ttl)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400)),
         }
     }
 
@@ -291,6 +294,14 @@ mod tests {
         };
         b.set_state(&later).await.unwrap();
         assert_eq!(b.state(&sig.uuid).await.unwrap().unwrap().task_name, "");
+    }
+
+    #[tokio::test]
+    async fn a_huge_ttl_does_not_panic() {
+        let b = MemoryBackend::with_results_expire_in(i64::MAX);
+        let sig = Signature::new("t");
+        b.set_state(&TaskState::pending(&sig)).await.unwrap();
+        assert!(b.state(&sig.uuid).await.unwrap().is_some());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ const DEFAULT_QUEUE: &str = "machinery_tasks";
 /// A future ETA or a delayed requeue is held by a timer and is never delivered early.
 ///
 /// The handle is cheap to clone; clones share the queues (useful as "another process" in
-/// tests). All capabilities are true.
+/// tests). All capabilities are true; there is no size limit unless
+/// [`MemoryBroker::set_max_message_bytes`] sets one.
 ///
 /// # Examples
 ///
@@ -64,6 +65,8 @@ struct Inner {
     /// Woken on every change a consumer may be waiting for.
     changed: Notify,
     closed: CancellationToken,
+    /// Largest body accepted; 0 = no limit.
+    max_message_bytes: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -166,7 +169,23 @@ impl MemoryBroker {
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
                 closed: CancellationToken::new(),
+                max_message_bytes: AtomicUsize::new(0),
             }),
+        }
+    }
+
+    /// Refuse bodies over `limit` bytes at publish, as a networked broker with a size limit
+    /// does (and report it in the capabilities); `None` = no limit (the default).
+    pub fn set_max_message_bytes(&self, limit: Option<usize>) {
+        self.inner
+            .max_message_bytes
+            .store(limit.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn max_message_bytes(&self) -> Option<usize> {
+        match self.inner.max_message_bytes.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
         }
     }
 
@@ -278,7 +297,7 @@ impl Broker for MemoryBroker {
             dead_letter: true,
             fifo: true,
             redelivers_unacked: true,
-            max_message_bytes: None,
+            max_message_bytes: self.max_message_bytes(),
         }
     }
 
@@ -289,6 +308,15 @@ impl Broker for MemoryBroker {
     async fn publish(&self, sig: &Signature) -> Result<()> {
         self.ensure_open()?;
         let body: Arc<[u8]> = sig.to_json()?.into();
+        if let Some(limit) = self.max_message_bytes()
+            && body.len() > limit
+        {
+            return Err(Error::TooLarge {
+                what: "message",
+                size: body.len(),
+                limit,
+            });
+        }
         let queue = if sig.routing_key.is_empty() {
             self.inner.default_queue.clone()
         } else {
