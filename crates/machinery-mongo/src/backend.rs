@@ -280,6 +280,12 @@ fn expired(d: &Document) -> bool {
     }
 }
 
+/// A filter on `delete_at` that matches documents without one (Go's group metas) or whose
+/// expiry has not passed.
+fn not_expired() -> Document {
+    doc! { "$not": { "$lte": bson::DateTime::now() } }
+}
+
 fn int_of(b: Option<&Bson>) -> Option<i64> {
     match b? {
         Bson::Int32(i) => Some(i64::from(*i)),
@@ -489,7 +495,7 @@ impl Backend for MongoBackend {
             .inner
             .groups
             .update_one(
-                doc! { "_id": group_uuid, "chord_triggered": false },
+                doc! { "_id": group_uuid, "chord_triggered": false, "delete_at": not_expired() },
                 doc! { "$set": { "chord_triggered": true } },
             )
             .await
@@ -508,7 +514,7 @@ impl Backend for MongoBackend {
             .inner
             .groups
             .find_one_and_update(
-                doc! { "_id": group_uuid },
+                doc! { "_id": group_uuid, "delete_at": not_expired() },
                 doc! { "$addToSet": { DONE_FIELD: task_uuid } },
             )
             .return_document(ReturnDocument::After)
