@@ -11,6 +11,8 @@ set -euo pipefail
 SVC_DIR=${SVC_DIR:-.services}
 REDIS_PORT=${REDIS_PORT:-6379}
 AMQP_PORT=${AMQP_PORT:-5672}
+MOTO_PORT=${MOTO_PORT:-4566}          # one moto server serves SQS and DynamoDB
+MOTO_VERSION=${MOTO_VERSION:-5.2.1}
 RABBIT_NODE=${RABBIT_NODE:-rabbit@$(hostname -s)}
 MONGO_PORT=${MONGO_PORT:-27017}
 SECANTUS_VERSION=${SECANTUS_VERSION:-0.7.0b3}
@@ -22,6 +24,7 @@ log() { printf '[services] %s\n' "$*" >&2; }
 
 redis_ok() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT; printf 'PING\r\n' >&3; IFS= read -r -t 1 l <&3; [[ \$l == +PONG* ]]" 2>/dev/null; }
 mongo_ok() { timeout 5 "$PY" -c "import pymongo; pymongo.MongoClient('127.0.0.1', $MONGO_PORT, directConnection=True, serverSelectionTimeoutMS=1000).admin.command('ping')" >/dev/null 2>&1; }
+moto_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT; printf 'GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3; IFS= read -r -t 2 l <&3; [[ \$l == HTTP/*' 200'* ]]" 2>/dev/null; }
 amqp_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT; printf 'AMQP\x00\x00\x09\x01' >&3; head -c1 <&3 | od -An -tx1 | grep -q 01" 2>/dev/null; }
 
 wait_for() {
@@ -54,6 +57,12 @@ install_packages() {
     log "pip install SecantusDB==$SECANTUS_VERSION"
     "$PY" -m pip install -q --disable-pip-version-check "SecantusDB==$SECANTUS_VERSION"
   fi
+  # moto (SQS + DynamoDB emulator), pinned.
+  if [ "$("$PY" -c 'import importlib.metadata as m, flask_cors; print(m.version("moto"))' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+    log "pip install moto[server]==$MOTO_VERSION"
+    "$PY" -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" 2>/dev/null \
+      || "$PY" -m pip install -q --disable-pip-version-check --break-system-packages "moto[server]==$MOTO_VERSION"
+  fi
 }
 
 launch_redis() {
@@ -85,11 +94,21 @@ launch_mongo() {
   echo $! >"$SVC_DIR/mongo.pid"
 }
 
+launch_moto() {
+  moto_ok && { log "moto already up on $MOTO_PORT"; return; }
+  nohup "$PY" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >"$SVC_DIR/moto.log" 2>&1 &
+  echo $! >"$SVC_DIR/moto.pid"
+}
+
 write_env() {
   cat >"$SVC_DIR/env.sh" <<ENV
 export MACHINERY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
 export MACHINERY_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
 export MACHINERY_TEST_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
+# moto: any key works; one endpoint for SQS and DynamoDB.
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
+export MACHINERY_TEST_DYNAMODB_URL=dynamodb+http://test:test@127.0.0.1:$MOTO_PORT?region=us-east-1
 ENV
   log "wrote $SVC_DIR/env.sh"
 }
@@ -118,8 +137,10 @@ case "${1:-start}" in
     launch_rabbitmq
     launch_redis
     launch_mongo
+    launch_moto
     wait_for redis 30 redis_ok
     wait_for mongo 60 mongo_ok
+    wait_for moto 60 moto_ok
     wait_for rabbitmq 120 amqp_ok
     write_env ;;
   stop) stop_all ;;

@@ -181,6 +181,8 @@ pub struct DynamoDbSettings {
     pub task_states_table: String,
     /// Default `group_metas`.
     pub group_metas_table: String,
+    /// Create missing tables at start (development; Go never does). Default false.
+    pub create_tables: bool,
 }
 
 impl Default for DynamoDbSettings {
@@ -188,6 +190,7 @@ impl Default for DynamoDbSettings {
         DynamoDbSettings {
             task_states_table: "task_states".to_owned(),
             group_metas_table: "group_metas".to_owned(),
+            create_tables: false,
         }
     }
 }
@@ -417,6 +420,9 @@ impl Config {
         set!("REDIS_DELAYED_TASKS_KEY", c.redis.delayed_tasks_key, str);
         set!("REDIS_MASTER_NAME", c.redis.master_name, str);
         set!("REDIS_CLUSTER_MODE", c.redis.cluster_mode, bool);
+        set!("TASK_STATES_TABLE", c.dynamodb.task_states_table, str);
+        set!("GROUP_METAS_TABLE", c.dynamodb.group_metas_table, str);
+        set!("DYNAMODB_CREATE_TABLES", c.dynamodb.create_tables, bool);
         set!("NO_UNIX_SIGNALS", c.no_unix_signals, bool);
         set!(
             "WORKER_UNKNOWN_TASK_DELAY_MS",

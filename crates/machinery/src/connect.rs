@@ -14,7 +14,12 @@ fn scheme_of(url: &str) -> &str {
     }
 }
 
-#[cfg(not(all(feature = "redis", feature = "amqp", feature = "mongo")))]
+#[cfg(not(all(
+    feature = "redis",
+    feature = "amqp",
+    feature = "mongo",
+    feature = "dynamodb"
+)))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),
@@ -35,7 +40,7 @@ fn unknown(scheme: &str, kind: &str, url: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),
         hint: format!(
-            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://",
+            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://, https://dynamodb.<region>.amazonaws.com, dynamodb://, dynamodb+http(s)://",
             redact_url(url)
         ),
     }
@@ -63,7 +68,9 @@ pub async fn broker_from_url(url: &str, config: &Config) -> Result<Arc<dyn Broke
 }
 
 /// A result backend for `url`: `memory://` (or `eager`), `redis://` ... (feature `redis`),
-/// `amqp://` ... (feature `amqp`), `mongodb://` / `mongodb+srv://` (feature `mongo`).
+/// `amqp://` ... (feature `amqp`), `mongodb://` / `mongodb+srv://` (feature `mongo`),
+/// Go's `https://dynamodb.<region>.amazonaws.com`, `dynamodb://` and
+/// `dynamodb+http://host:port` (feature `dynamodb`).
 ///
 /// # Errors
 /// As [`broker_from_url`].
@@ -75,7 +82,8 @@ pub async fn backend_from_url(url: &str, config: &Config) -> Result<Arc<dyn Back
         "amqp" | "amqps" => amqp_backend(url, config).await,
         "memcache" => Err(not_available(scheme, "memcache")),
         "mongodb" | "mongodb+srv" => mongo_backend(url, config).await,
-        "dynamodb" | "https" => Err(not_available(scheme, "dynamodb")),
+        "dynamodb" | "dynamodb+http" | "dynamodb+https" => dynamodb_backend(url, config).await,
+        "https" | "http" if is_dynamodb_url(url) => dynamodb_backend(url, config).await,
         _ => Err(unknown(scheme, "result backend", url)),
     }
 }
@@ -208,6 +216,28 @@ async fn amqp_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
     Err(feature_off(scheme_of(url), "amqp"))
 }
 
+/// Go picks its DynamoDB backend for any result backend starting with `https://dynamodb`.
+fn is_dynamodb_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    rest.get(..8)
+        .is_some_and(|h| h.eq_ignore_ascii_case("dynamodb"))
+}
+
+#[cfg(feature = "dynamodb")]
+async fn dynamodb_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(
+        machinery_dynamodb::DynamoBackend::connect(
+            machinery_dynamodb::DynamoConfig::from_machinery(url, config),
+        )
+        .await?,
+    ))
+}
+
+#[cfg(not(feature = "dynamodb"))]
+async fn dynamodb_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
+    Err(feature_off(scheme_of(url), "dynamodb"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +274,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`redis` cargo feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "dynamodb"))]
+    #[tokio::test]
+    async fn disabled_dynamodb_feature_is_named() {
+        for url in [
+            "https://dynamodb.us-east-1.amazonaws.com",
+            "dynamodb+http://127.0.0.1:4566",
+        ] {
+            let err = backend_from_url(url, &Config::default())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`dynamodb` cargo feature"), "{err}");
+        }
+    }
+
+    #[test]
+    fn go_dynamodb_urls_are_recognised() {
+        assert!(is_dynamodb_url("https://dynamodb.eu-west-1.amazonaws.com"));
+        assert!(is_dynamodb_url("https://DynamoDB.eu-west-1.amazonaws.com/"));
+        assert!(!is_dynamodb_url("https://sqs.eu-west-1.amazonaws.com"));
+        assert!(!is_dynamodb_url("https://dynamo"));
     }
 
     #[cfg(not(feature = "amqp"))]

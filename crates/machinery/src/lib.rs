@@ -18,3 +18,7 @@ pub use machinery_amqp as amqp;
 /// The MongoDB result backend (feature `mongo`).
 #[cfg(feature = "mongo")]
 pub use machinery_mongo as mongo;
+
+/// The DynamoDB result backend (feature `dynamodb`).
+#[cfg(feature = "dynamodb")]
+pub use machinery_dynamodb as dynamodb;
