@@ -96,7 +96,8 @@ launch_mongo() {
 
 launch_moto() {
   moto_ok && { log "moto already up on $MOTO_PORT"; return; }
-  nohup "$PY" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >"$SVC_DIR/moto.log" 2>&1 &
+  # moto's server, with DynamoDB writes atomic as on the real service (see the script).
+  nohup "$PY" "$(dirname "$0")/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$SVC_DIR/moto.log" 2>&1 &
   echo $! >"$SVC_DIR/moto.pid"
 }
 

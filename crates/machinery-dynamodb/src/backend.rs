@@ -13,9 +13,11 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue as Av, BillingMode, KeySchemaElement, KeyType,
-    KeysAndAttributes, ReturnValue, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TableStatus, TimeToLiveSpecification,
 };
 use machinery_core::{
     Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, time,
@@ -705,24 +707,27 @@ impl Backend for DynamoBackend {
             .expression_attribute_values(":f", Av::Bool(false))
             .expression_attribute_values(":zero", Av::N("0".to_owned()))
             .expression_attribute_values(":now", Av::N((now_ms() / 1000).to_string()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match outcome {
             Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                // Already triggered, or no such group: tell them apart.
-                match self.group_item(group_uuid).await? {
-                    Some(_) => Ok(false),
-                    None => Err(Error::NotFound(group_uuid.to_owned())),
+            Err(e) => {
+                // Already triggered (the old item comes back with the refusal), or no such
+                // (live) group.
+                if let Some(UpdateItemError::ConditionalCheckFailedException(ccf)) =
+                    e.as_service_error()
+                {
+                    return match &ccf.item {
+                        Some(old) if !item::expired(old, now_ms()) => Ok(false),
+                        _ => Err(Error::NotFound(group_uuid.to_owned())),
+                    };
                 }
+                Err(error::map(
+                    format!("cannot trigger the chord of {group_uuid}"),
+                    e,
+                ))
             }
-            Err(e) => Err(error::map(
-                format!("cannot trigger the chord of {group_uuid}"),
-                e,
-            )),
         }
     }
 

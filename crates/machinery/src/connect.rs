@@ -259,7 +259,7 @@ mod tests {
             .to_string();
         assert!(err.contains("kafka"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = backend_from_url("dynamodb://h/", &c)
+        let err = backend_from_url("memcache://h/", &c)
             .await
             .unwrap_err()
             .to_string();

@@ -21,7 +21,7 @@ pub fn config(url: &str, namespace: &str) -> DynamoConfig {
         group_metas_table: format!("{namespace}_group_metas"),
         create_tables: true,
         connect_timeout_ms: 2000,
-        request_timeout_ms: 5000,
+        request_timeout_ms: 30_000,
         ..DynamoConfig::from_url(url)
     }
 }
