@@ -326,10 +326,15 @@ impl Backend for RedisBackend {
 
     async fn trigger_chord(&self, group_uuid: &str) -> Result<bool> {
         let mut conn = self.conn();
-        let outcome: i64 = scripts::TRIGGER_CHORD
+        // Go reads and rewrites the meta under its `TriggerChordMutex`: flip inside it too, so
+        // that a Go worker never sees `false` between our flip and its write.
+        let token = go_chord_mutex_lock(&mut conn).await?;
+        let flipped: redis::RedisResult<i64> = scripts::TRIGGER_CHORD
             .key(group_uuid)
             .invoke_async(&mut conn)
-            .await
+            .await;
+        go_chord_mutex_unlock(&mut conn, &token).await;
+        let outcome = flipped
             .map_err(|e| error::map(format!("cannot trigger the chord of {group_uuid}"), e))?;
         match outcome {
             1 => Ok(true),
@@ -373,6 +378,60 @@ impl Backend for RedisBackend {
         conn.del::<_, ()>(&[group_uuid, &keys.done, &keys.waiting][..])
             .await
             .map_err(|e| error::map(format!("cannot delete group {group_uuid}"), e))
+    }
+}
+
+/// Go's chord mutex (redsync, one key for every group): `SET TriggerChordMutex <random token>
+/// NX PX 8000`, released by a compare-and-delete script.
+const GO_CHORD_MUTEX: &str = "TriggerChordMutex";
+const GO_CHORD_MUTEX_TTL_MS: u64 = 8000;
+
+/// Take Go's chord mutex, retrying (after short random pauses) while someone else holds it,
+/// for a little longer than its expiry, so that a holder that died does not fail us. Returns
+/// the token to release it with.
+async fn go_chord_mutex_lock(conn: &mut Conn) -> Result<String> {
+    use base64::Engine as _;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>().as_slice());
+    let give_up = Instant::now() + Duration::from_millis(GO_CHORD_MUTEX_TTL_MS + 2000);
+    loop {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(GO_CHORD_MUTEX)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(GO_CHORD_MUTEX_TTL_MS)
+            .query_async(conn)
+            .await
+            .map_err(|e| error::map(format!("cannot take {GO_CHORD_MUTEX}"), e))?;
+        if taken.is_some() {
+            return Ok(token);
+        }
+        if Instant::now() > give_up {
+            return Err(Error::Backend {
+                driver: DRIVER,
+                message: format!(
+                    "cannot take {GO_CHORD_MUTEX}: held by someone else for more than its {GO_CHORD_MUTEX_TTL_MS} ms expiry"
+                ),
+                temporary: true,
+                source: None,
+            });
+        }
+        let pause = Duration::from_micros(500 + rand::random::<u64>() % 4500);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Release Go's chord mutex if we still hold it (Go's own compare-and-delete script). A
+/// failure is logged: the mutex then expires by itself.
+async fn go_chord_mutex_unlock(conn: &mut Conn, token: &str) {
+    let released: redis::RedisResult<i64> = scripts::UNLOCK
+        .key(GO_CHORD_MUTEX)
+        .arg(token)
+        .invoke_async(conn)
+        .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "redis: cannot release {GO_CHORD_MUTEX}; it expires within {GO_CHORD_MUTEX_TTL_MS} ms");
     }
 }
 

@@ -76,12 +76,16 @@ pub(crate) async fn shared_manager(
     target: &Target,
     client: &Client,
 ) -> Result<ConnectionManager> {
-    // Probe first: the manager itself would retry for seconds before reporting anything.
-    let probe = client
+    // Probe first: the manager itself would retry for seconds before reporting anything. The
+    // PING finds a missing password now rather than at the first command (NOAUTH).
+    let mut probe = client
         .get_multiplexed_async_connection_with_config(&connection_config(
             config,
             Some(config.response_timeout()),
         ))
+        .await
+        .map_err(|e| error::unreachable(&target.display, e))?;
+    ping(&mut probe)
         .await
         .map_err(|e| error::unreachable(&target.display, e))?;
     drop(probe);
@@ -94,6 +98,10 @@ pub(crate) async fn shared_manager(
     ConnectionManager::new_with_config(client.clone(), manager_config)
         .await
         .map_err(|e| error::unreachable(&target.display, e))
+}
+
+async fn ping(conn: &mut impl ConnectionLike) -> redis::RedisResult<()> {
+    redis::cmd("PING").query_async::<()>(conn).await
 }
 
 /// A dedicated connection for a consumer loop. Its response timeout covers the blocking pop.
@@ -156,8 +164,11 @@ impl Conn {
                 e,
             )
         })?;
-        let conn = client
+        let mut conn = client
             .get_async_connection()
+            .await
+            .map_err(|e| error::unreachable(&target.display, e))?;
+        ping(&mut conn)
             .await
             .map_err(|e| error::unreachable(&target.display, e))?;
         Ok((Conn::Cluster(conn), target))

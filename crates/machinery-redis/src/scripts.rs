@@ -257,6 +257,16 @@ return 1
     )
 });
 
+/// Release a redsync mutex: delete it only when it still holds our token (Go's script, byte
+/// for byte).
+///
+/// KEYS: mutex. ARGV: token.
+pub(crate) static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#,
+    )
+});
+
 /// The group meta followed by the stored state of every member, in `TaskUUIDs` order (nil
 /// for members with nothing stored), in one round trip. Nil when the group is unknown.
 /// Member keys come from the meta: not for Redis Cluster.

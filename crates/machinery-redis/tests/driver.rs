@@ -1,7 +1,7 @@
 //! Redis-specific behaviour beyond the shared suite: crash recovery, server restarts, dead
 //! letters, prefetch, delayed-task sweeps, the lock, and the connection forms. Needs
-//! `MACHINERY_TEST_REDIS_URL`; the restart, socket and TLS tests start their own
-//! `redis-server` on other ports.
+//! `MACHINERY_TEST_REDIS_URL`; the restart, password, socket, TLS and cluster tests start their
+//! own `redis-server` (and `openssl`, `redis-cli`), found on `PATH`, on free ports the OS gives.
 
 mod common;
 
@@ -419,7 +419,7 @@ async fn consumer_and_publisher_recover_after_a_redis_restart() {
     if common::url().is_none() {
         return;
     }
-    let port = 6391;
+    let port = common::free_port();
     let url = format!("redis://127.0.0.1:{port}/");
     let mut server = common::RedisServer::start(&url, &["--port", &port.to_string()]).await;
     let ns = common::namespace();
@@ -692,7 +692,7 @@ async fn tls_url_works_with_a_private_ca_and_insecure() {
             "ext.cnf",
         ],
     );
-    let port = 6392;
+    let port = common::free_port();
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let probe = format!("rediss://127.0.0.1:{port}/#insecure");
     let _server = common::RedisServer::start(
@@ -754,9 +754,15 @@ async fn backend_and_lock_work_on_a_redis_cluster() {
     if common::url().is_none() {
         return;
     }
-    let ports = [7111_u16, 7112, 7113];
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let p = common::free_cluster_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
     let mut servers = Vec::new();
-    for port in ports {
+    for &port in &ports {
         let url = format!("redis://127.0.0.1:{port}/");
         let p = port.to_string();
         servers.push(
@@ -776,7 +782,7 @@ async fn backend_and_lock_work_on_a_redis_cluster() {
     }
     let mut create = std::process::Command::new("redis-cli");
     create.args(["--cluster", "create"]);
-    for port in ports {
+    for port in &ports {
         create.arg(format!("127.0.0.1:{port}"));
     }
     let status = create
@@ -789,7 +795,7 @@ async fn backend_and_lock_work_on_a_redis_cluster() {
     let start = Instant::now();
     loop {
         let out = std::process::Command::new("redis-cli")
-            .args(["-p", "7111", "cluster", "info"])
+            .args(["-p", &ports[0].to_string(), "cluster", "info"])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
@@ -892,4 +898,41 @@ async fn close_gives_back_what_stopped_consumers_held() {
     let registered: usize = raw.zcard(format!("{queue}.consumers")).await.unwrap();
     assert_eq!(registered, 0);
     common::delete_prefix(&mut raw, &ns).await;
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_password_is_a_permanent_error_at_connect() {
+    if common::url().is_none() {
+        return;
+    }
+    let port = common::free_port();
+    let good = format!("redis://:rightpw@127.0.0.1:{port}/");
+    let _server = common::RedisServer::start(
+        &good,
+        &["--port", &port.to_string(), "--requirepass", "rightpw"],
+    )
+    .await;
+    for url in [
+        format!("redis://:wrongpw@127.0.0.1:{port}/"),
+        format!("redis://127.0.0.1:{port}/"),
+    ] {
+        let errors = [
+            RedisBroker::from_url(&url).await.expect_err("broker"),
+            RedisBackend::from_url(&url).await.expect_err("backend"),
+            RedisLock::connect(RedisConfig::from_url(&url))
+                .await
+                .expect_err("lock"),
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(!err.is_temporary(), "{url}: {text}");
+            assert!(text.contains("refused the credentials"), "{url}: {text}");
+            assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+            assert!(!format!("{err:?}").contains("wrongpw"), "{err:?}");
+        }
+    }
+    let broker = RedisBroker::from_url(&good)
+        .await
+        .expect("the right password");
+    broker.close().await.unwrap();
 }

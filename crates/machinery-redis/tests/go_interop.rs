@@ -314,3 +314,112 @@ async fn trigger_chord_on_a_go_group_meta_writes_gos_bytes() {
     }
     common::delete_prefix(&mut raw, &ns).await;
 }
+
+/// Go's `TriggerChord` on its Redis backend, command for command: take the redsync mutex
+/// `TriggerChordMutex` (`SET <token> NX PX 8000`, retried), `GET` the group meta, and when
+/// `ChordTriggered` is false `SET` it back with `true` (`EX` ttl) and send the callback; then
+/// release the mutex with redsync's compare-and-delete script. Returns whether it sent.
+async fn go_trigger_chord(conn: &mut redis::aio::MultiplexedConnection, group: &str) -> bool {
+    let token = format!("go-{}", uuid::Uuid::new_v4().simple());
+    loop {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg("TriggerChordMutex")
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(8000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        if taken.is_some() {
+            break;
+        }
+        // redsync pauses 50-250 ms; shorter here so that the run stays short.
+        tokio::time::sleep(Duration::from_millis(1 + rand_ms())).await;
+    }
+    let raw: Vec<u8> = conn.get(group).await.unwrap();
+    let mut meta = machinery_core::GroupMeta::from_json(&raw).unwrap();
+    let send = !meta.chord_triggered;
+    if send {
+        meta.chord_triggered = true;
+        let _: () = conn
+            .set_ex(group, meta.to_json().unwrap(), 3600)
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("EVAL")
+        .arg(r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#)
+        .arg(1)
+        .arg("TriggerChordMutex")
+        .arg(&token)
+        .query_async(conn)
+        .await
+        .unwrap();
+    send
+}
+
+fn rand_ms() -> u64 {
+    rand::random::<u64>() % 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chords_fire_once_when_gos_mutex_sequence_races_rust_workers() {
+    if common::url().is_none() {
+        return;
+    }
+    // A private server: the mutex is one key for every group on a server.
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let _server = common::RedisServer::start(&url, &["--port", &port.to_string()]).await;
+    let ns = common::namespace();
+    let rust_a = RedisBackend::connect(common::config(&url, &ns))
+        .await
+        .unwrap();
+    let rust_b = RedisBackend::connect(common::config(&url, &ns))
+        .await
+        .unwrap();
+    let mut go = common::raw(&url).await;
+    const CHORDS: usize = 1000;
+    let groups: Vec<String> = (0..CHORDS).map(|i| format!("{ns}_group_{i}")).collect();
+    for g in &groups {
+        rust_a
+            .init_group(g, &[format!("{g}_a"), format!("{g}_b")])
+            .await
+            .unwrap();
+    }
+    // Each chord's last members finish at once on a Go worker and on two Rust workers.
+    let mut sent = vec![0_usize; CHORDS];
+    let mut go_sent = 0;
+    for (i, g) in groups.iter().enumerate() {
+        let (by_go, a, b) = tokio::join!(
+            go_trigger_chord(&mut go, g),
+            rust_a.trigger_chord(g),
+            rust_b.trigger_chord(g)
+        );
+        go_sent += usize::from(by_go);
+        sent[i] = usize::from(by_go) + usize::from(a.unwrap()) + usize::from(b.unwrap());
+    }
+    let twice: Vec<usize> = (0..CHORDS).filter(|i| sent[*i] > 1).collect();
+    let never: Vec<usize> = (0..CHORDS).filter(|i| sent[*i] == 0).collect();
+    println!(
+        "{CHORDS} chords: {go_sent} callbacks sent by the Go sequence, {} by Rust",
+        CHORDS - go_sent
+    );
+    assert!(
+        twice.is_empty() && never.is_empty(),
+        "callbacks sent twice for {} chords, never for {}",
+        twice.len(),
+        never.len()
+    );
+    let mut raw = common::raw(&url).await;
+    for g in &groups {
+        let stored: Vec<u8> = raw.get(g).await.unwrap();
+        assert!(
+            machinery_core::GroupMeta::from_json(&stored)
+                .unwrap()
+                .chord_triggered
+        );
+    }
+    let held: bool = raw.exists("TriggerChordMutex").await.unwrap();
+    assert!(!held, "the mutex is released");
+}

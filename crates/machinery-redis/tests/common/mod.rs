@@ -101,6 +101,25 @@ where
     }
 }
 
+/// A port nothing listens on now: the OS picks it, and the listener is dropped at once.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A free port `p` whose cluster bus port `p + 10000` is free too.
+pub fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p <= u16::MAX - 10_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
 /// A redis-server this test started; killed (SIGKILL, by PID) when dropped.
 pub struct RedisServer {
     child: Option<std::process::Child>,
