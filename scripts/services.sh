@@ -15,6 +15,7 @@ MOTO_PORT=${MOTO_PORT:-4566}          # one moto server serves SQS and DynamoDB
 MOTO_VERSION=${MOTO_VERSION:-5.2.1}
 RABBIT_NODE=${RABBIT_NODE:-rabbit@$(hostname -s)}
 MONGO_PORT=${MONGO_PORT:-27017}
+MEMCACHED_PORT=${MEMCACHED_PORT:-11211}
 SECANTUS_VERSION=${SECANTUS_VERSION:-0.7.0b3}
 PY=${PY:-python3}
 
@@ -25,6 +26,8 @@ log() { printf '[services] %s\n' "$*" >&2; }
 redis_ok() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT; printf 'PING\r\n' >&3; IFS= read -r -t 1 l <&3; [[ \$l == +PONG* ]]" 2>/dev/null; }
 mongo_ok() { timeout 5 "$PY" -c "import pymongo; pymongo.MongoClient('127.0.0.1', $MONGO_PORT, directConnection=True, serverSelectionTimeoutMS=1000).admin.command('ping')" >/dev/null 2>&1; }
 moto_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT; printf 'GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3; IFS= read -r -t 2 l <&3; [[ \$l == HTTP/*' 200'* ]]" 2>/dev/null; }
+mc_ok()    { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf 'version\r\n' >&3; IFS= read -r -t 1 l <&3; [[ \$l == VERSION* ]]" 2>/dev/null; }
+memcached_ok() { mc_ok "$MEMCACHED_PORT"; }
 amqp_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT; printf 'AMQP\x00\x00\x09\x01' >&3; head -c1 <&3 | od -An -tx1 | grep -q 01" 2>/dev/null; }
 
 wait_for() {
@@ -47,6 +50,7 @@ install_packages() {
   command -v redis-server >/dev/null || apt+=(redis-server)
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt+=(rabbitmq-server)
   command -v openssl >/dev/null || apt+=(openssl)
+  command -v memcached >/dev/null || [ -x /usr/bin/memcached ] || apt+=(memcached)
   if ((${#apt[@]})); then
     log "apt-get install ${apt[*]}"
     apt-get update -qq
@@ -101,11 +105,27 @@ launch_moto() {
   echo $! >"$SVC_DIR/moto.pid"
 }
 
+# memcached: the one this script started before (its port is kept in memcached.port), else
+# one already answering on MEMCACHED_PORT, else a new one there, or on the next free port.
+launch_memcached() {
+  local saved
+  saved=$(cat "$SVC_DIR/memcached.port" 2>/dev/null || true)
+  if [ -n "$saved" ] && mc_ok "$saved"; then MEMCACHED_PORT=$saved; log "memcached already up on $saved"; return; fi
+  memcached_ok && { log "memcached already up on $MEMCACHED_PORT"; return; }
+  while ! port_free "$MEMCACHED_PORT"; do MEMCACHED_PORT=$((MEMCACHED_PORT + 1)); done
+  local user=memcache
+  id -u memcache >/dev/null 2>&1 || user=nobody
+  nohup memcached -u "$user" -l 127.0.0.1 -p "$MEMCACHED_PORT" -U 0 -m 64 >"$SVC_DIR/memcached.log" 2>&1 &
+  echo $! >"$SVC_DIR/memcached.pid"
+  echo "$MEMCACHED_PORT" >"$SVC_DIR/memcached.port"
+}
+
 write_env() {
   cat >"$SVC_DIR/env.sh" <<ENV
 export MACHINERY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
 export MACHINERY_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f
 export MACHINERY_TEST_MONGODB_URL=mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true
+export MACHINERY_TEST_MEMCACHE_URL=memcache://127.0.0.1:$MEMCACHED_PORT
 # moto: any key works; one endpoint for SQS and DynamoDB.
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
@@ -129,7 +149,7 @@ stop_all() {
     fi
     rm -f "$f"
   done
-  rm -f "$SVC_DIR/mongo.port"
+  rm -f "$SVC_DIR/mongo.port" "$SVC_DIR/memcached.port"
 }
 
 case "${1:-start}" in
@@ -139,9 +159,11 @@ case "${1:-start}" in
     launch_redis
     launch_mongo
     launch_moto
+    launch_memcached
     wait_for redis 30 redis_ok
     wait_for mongo 60 mongo_ok
     wait_for moto 60 moto_ok
+    wait_for memcached 30 memcached_ok
     wait_for rabbitmq 120 amqp_ok
     write_env ;;
   stop) stop_all ;;

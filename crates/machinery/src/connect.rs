@@ -18,7 +18,8 @@ fn scheme_of(url: &str) -> &str {
     feature = "redis",
     feature = "amqp",
     feature = "mongo",
-    feature = "dynamodb"
+    feature = "dynamodb",
+    feature = "memcache"
 )))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::UnknownScheme {
@@ -40,7 +41,7 @@ fn unknown(scheme: &str, kind: &str, url: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),
         hint: format!(
-            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://, https://dynamodb.<region>.amazonaws.com, dynamodb://, dynamodb+http(s)://",
+            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://, https://dynamodb.<region>.amazonaws.com, dynamodb://, dynamodb+http(s)://, memcache://",
             redact_url(url)
         ),
     }
@@ -70,7 +71,8 @@ pub async fn broker_from_url(url: &str, config: &Config) -> Result<Arc<dyn Broke
 /// A result backend for `url`: `memory://` (or `eager`), `redis://` ... (feature `redis`),
 /// `amqp://` ... (feature `amqp`), `mongodb://` / `mongodb+srv://` (feature `mongo`),
 /// Go's `https://dynamodb.<region>.amazonaws.com`, `dynamodb://` and
-/// `dynamodb+http://host:port` (feature `dynamodb`).
+/// `dynamodb+http://host:port` (feature `dynamodb`), `memcache://h1:p1[,h2:p2...]` (feature
+/// `memcache`).
 ///
 /// # Errors
 /// As [`broker_from_url`].
@@ -80,7 +82,7 @@ pub async fn backend_from_url(url: &str, config: &Config) -> Result<Arc<dyn Back
         "memory" | "eager" => Ok(Arc::new(MemoryBackend::with_ttl(config.results_ttl()))),
         "redis" | "rediss" | "redis+socket" | "unix" => redis_backend(url, config).await,
         "amqp" | "amqps" => amqp_backend(url, config).await,
-        "memcache" => Err(not_available(scheme, "memcache")),
+        "memcache" => memcache_backend(url, config).await,
         "mongodb" | "mongodb+srv" => mongo_backend(url, config).await,
         "dynamodb" | "dynamodb+http" | "dynamodb+https" => dynamodb_backend(url, config).await,
         "https" | "http" if is_dynamodb_url(url) => dynamodb_backend(url, config).await,
@@ -223,6 +225,21 @@ fn is_dynamodb_url(url: &str) -> bool {
         .is_some_and(|h| h.eq_ignore_ascii_case("dynamodb"))
 }
 
+#[cfg(feature = "memcache")]
+async fn memcache_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(
+        machinery_memcache::MemcacheBackend::connect(
+            machinery_memcache::MemcacheConfig::from_machinery(url, config),
+        )
+        .await?,
+    ))
+}
+
+#[cfg(not(feature = "memcache"))]
+async fn memcache_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
+    Err(feature_off(scheme_of(url), "memcache"))
+}
+
 #[cfg(feature = "dynamodb")]
 async fn dynamodb_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(
@@ -259,11 +276,21 @@ mod tests {
             .to_string();
         assert!(err.contains("kafka"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = backend_from_url("memcache://h/", &c)
+        let err = broker_from_url("sqs://h/q", &c)
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("not available"), "{err}");
+    }
+
+    #[cfg(not(feature = "memcache"))]
+    #[tokio::test]
+    async fn disabled_memcache_feature_is_named() {
+        let err = backend_from_url("memcache://127.0.0.1:11211", &Config::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`memcache` cargo feature"), "{err}");
     }
 
     #[cfg(not(feature = "redis"))]

@@ -15,6 +15,9 @@ pub use machinery_redis as redis;
 #[cfg(feature = "amqp")]
 pub use machinery_amqp as amqp;
 
+/// The Memcache result backend (feature `memcache`).
+#[cfg(feature = "memcache")]
+pub use machinery_memcache as memcache;
 /// The MongoDB result backend (feature `mongo`).
 #[cfg(feature = "mongo")]
 pub use machinery_mongo as mongo;
