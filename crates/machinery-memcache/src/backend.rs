@@ -261,6 +261,9 @@ impl Backend for MemcacheBackend {
             return self.put("task state", key, &json).await;
         }
         self.client().check_key(key)?;
+        // The size as given, before any request; the merged size is checked again below.
+        self.client()
+            .check_value("task state", key, state.to_json()?.len())?;
         // Later states keep the stored CreatedAt / TaskName: gets, then cas (or add when
         // nothing is stored), again when another writer got in between.
         let what = format!("store the state of {key}");

@@ -49,6 +49,7 @@ pub struct OwnMemcached {
     pub port: u16,
     child: Option<Child>,
     args: Vec<String>,
+    log: Option<PathBuf>,
 }
 
 impl OwnMemcached {
@@ -59,9 +60,35 @@ impl OwnMemcached {
             port,
             child: None,
             args: extra.iter().map(|s| (*s).to_owned()).collect(),
+            log: None,
         };
         me.spawn().await;
         me
+    }
+
+    /// Start one with `-vv`, its log (every command line it receives) in `log`.
+    pub async fn start_logged(log: PathBuf) -> Self {
+        let mut me = OwnMemcached {
+            port: free_port(),
+            child: None,
+            args: vec!["-vv".to_owned()],
+            log: Some(log),
+        };
+        me.spawn().await;
+        me
+    }
+
+    /// The command lines the server logged so far (`-vv`), without the connection prefix.
+    pub fn logged_commands(&self) -> Vec<String> {
+        let Some(log) = &self.log else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix('<'))
+            .filter_map(|l| l.split_once(' ').map(|(_, c)| c.to_owned()))
+            .collect()
     }
 
     pub fn addr(&self) -> String {
@@ -83,8 +110,20 @@ impl OwnMemcached {
         .args(&self.args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .kill_on_drop(true);
+        match &self.log {
+            Some(log) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("open the memcached log");
+                cmd.stderr(Stdio::from(file));
+            }
+            None => {
+                cmd.stderr(Stdio::null());
+            }
+        }
         // memcached refuses to run as root without -u.
         if std::env::var("USER").as_deref() == Ok("root") || is_root() {
             cmd.args(["-u", "nobody"]);
@@ -194,15 +233,18 @@ pub async fn set(addr: &str, key: &str, flags: u32, exptime: i64, value: &[u8]) 
     assert_eq!(line.trim_end(), "STORED", "set {key}");
 }
 
-/// The absolute expiry memcached holds for `key` (`me <key>`'s `exp` is seconds left; -1 =
-/// never), or `None` when missing.
+/// The seconds before `key` expires on `addr` (`mg <key> t`; -1 = never), or `None` when
+/// it is missing. (`me` prints the value negated on memcached 1.6.18.)
 pub async fn seconds_left(addr: &str, key: &str) -> Option<i64> {
-    let line = command_line(addr, &format!("me {key}")).await.expect("me");
+    let line = command_line(addr, &format!("mg {key} t"))
+        .await
+        .expect("mg");
     if line.starts_with("EN") {
         return None;
     }
     line.split_whitespace()
-        .find_map(|t| t.strip_prefix("exp="))
+        .skip(1)
+        .find_map(|t| t.strip_prefix('t'))
         .and_then(|v| v.parse().ok())
 }
 
@@ -254,4 +296,38 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `flush_all` on a server of our own.
+pub async fn flush_all(addr: &str) {
+    let line = command_line(addr, "flush_all").await.expect("flush_all");
+    assert_eq!(line, "OK", "flush_all on {addr}");
+}
+
+/// `stats` of a server: (name, value) pairs.
+pub async fn stats(addr: &str) -> Vec<(String, String)> {
+    let s = TcpStream::connect(addr).await.expect("connect memcached");
+    let mut r = BufReader::new(s);
+    r.get_mut()
+        .write_all(b"stats\r\n")
+        .await
+        .expect("write stats");
+    let mut out = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.expect("read stats") == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line == "END" {
+            break;
+        }
+        let mut parts = line.splitn(3, ' ');
+        if parts.next() == Some("STAT")
+            && let (Some(k), Some(v)) = (parts.next(), parts.next())
+        {
+            out.push((k.to_owned(), v.to_owned()));
+        }
+    }
+    out
 }
