@@ -1,7 +1,8 @@
 //! Fault tests of the Redis driver with real worker processes (`machinery worker`): a worker
-//! killed with SIGKILL in the middle of 10 000 tasks, a Redis restart during a run, and
-//! malformed messages. Needs `MACHINERY_TEST_REDIS_URL` (unset = skipped); the restart test
-//! starts its own `redis-server` on port 6394.
+//! killed with SIGKILL in the middle of 10 000 tasks, a Redis restart during a run, every
+//! connection dropped again and again during a run, and malformed messages. Needs
+//! `MACHINERY_TEST_REDIS_URL` (unset = skipped); the restart and connection-drop tests start
+//! their own `redis-server` (found on `PATH`) on a free port the OS gives.
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -121,6 +122,14 @@ async fn ping(url: &str) -> bool {
         .is_ok()
 }
 
+/// A port nothing listens on now (the OS picks it; the listener is dropped at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A redis-server this test owns, killed by PID when dropped.
 struct OwnRedis {
     child: Option<Child>,
@@ -185,7 +194,7 @@ async fn worker_resumes_by_itself_after_a_redis_restart() {
     if machinery_testkit::env_url(URL_VAR).is_none() {
         return;
     }
-    let mut redis_server = OwnRedis::start(6394).await;
+    let mut redis_server = OwnRedis::start(free_port()).await;
     let url = format!("redis://127.0.0.1:{}/", redis_server.port);
     let ns = namespace();
     let queue = format!("{ns}_tasks");
@@ -286,4 +295,103 @@ async fn malformed_messages_are_dead_lettered_and_the_worker_stays_up() {
     assert!(worker.is_running());
     worker.kill();
     cleanup(&mut conn, &ns, &good).await;
+}
+
+/// The processing lists of `queue` that hold something, with their lengths.
+async fn held(conn: &mut MultiplexedConnection, queue: &str) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for key in keys(conn, &format!("{queue}.processing.*")).await {
+        let n: usize = conn.llen(&key).await.unwrap();
+        if n > 0 {
+            out.push((key, n));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_strand_no_task_in_a_live_worker() {
+    if machinery_testkit::env_url(URL_VAR).is_none() {
+        return;
+    }
+    const N: usize = 10_000;
+    // A private server: CLIENT KILL must never touch the shared one.
+    let redis_server = OwnRedis::start(free_port()).await;
+    let url = format!("redis://127.0.0.1:{}/", redis_server.port);
+    let ns = namespace();
+    let queue = format!("{ns}_tasks");
+    // Our own connection survives the kills (CLIENT KILL skips the caller).
+    let mut conn = redis_conn(&url, URL_VAR).await;
+    let server = sender(&url, &queue).await;
+    let uuids = send_adds(&server, &queue, 0, N).await;
+    let mut workers = [
+        Worker::start(&url, &url, &queue, 8),
+        Worker::start(&url, &url, &queue, 8),
+    ];
+    wait_for_successes(
+        &mut conn,
+        &uuids,
+        N / 20,
+        Duration::from_secs(60),
+        &mut workers[0],
+    )
+    .await;
+
+    // Drop every other connection every 50 ms until 90% are done: takes, pops, acks and
+    // requeues lose their replies, some after the server ran them.
+    let mut drops = 0;
+    let mut killed = 0;
+    let started = Instant::now();
+    while successes(&mut conn, &uuids).await < N * 9 / 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the workers made no progress under the connection drops"
+        );
+        let n: usize = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut conn)
+            .await
+            .expect("client kill");
+        drops += 1;
+        killed += n;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_drop = Instant::now();
+    for w in &mut workers {
+        assert!(w.is_running(), "a worker exited under the connection drops");
+    }
+
+    // Nothing waits for a lease (15 s, and the workers live on): everything is done soon.
+    wait_for_successes(
+        &mut conn,
+        &uuids,
+        N,
+        Duration::from_secs(30),
+        &mut workers[0],
+    )
+    .await;
+    let all_done = last_drop.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = held(&mut conn, &queue).await;
+        let queued: usize = conn.llen(&queue).await.unwrap();
+        if left.is_empty() && queued == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after every task succeeded: {queued} queued, held {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "{drops} connection drops ({killed} connections killed) during {N} tasks; all SUCCESS \
+         {:.1} s after the last drop, nothing left in processing lists",
+        all_done.as_secs_f64()
+    );
+    for w in &mut workers {
+        w.kill();
+    }
 }
