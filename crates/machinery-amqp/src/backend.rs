@@ -274,10 +274,12 @@ impl BackendInner {
     }
 
     async fn read_latest(&self, task_uuid: &str) -> Result<Option<Latest>> {
+        let spec = result_queue(task_uuid, self.exchange(), self.ttl_ms);
+        let spec = &spec;
         let latest = self
             .link
             .retrying("read state", |session| async move {
-                read_latest(&session, task_uuid).await
+                read_latest(&session, spec).await
             })
             .await?;
         if let Some(l) = &latest {
@@ -501,13 +503,17 @@ async fn read_meta(session: &Arc<Session>, group: &str, queue: &str) -> Result<O
     Ok(None)
 }
 
-/// The latest state in `queue`: take every message, acknowledge all but the newest and put
-/// the newest back (so the queue then holds only the latest state, which Go's reader, that
-/// takes the oldest, then gets too). A missing queue has no state; an existing empty one is
-/// read again a few times, since another reader may hold its messages for the instant of
-/// its own read.
-async fn read_latest(session: &Arc<Session>, queue: &str) -> Result<Option<Latest>> {
+/// The latest state in `spec`'s queue: take every message, acknowledge all but the newest
+/// and put the newest back (so the queue then holds only the latest state, which Go's
+/// reader, that takes the oldest, then gets too). The queue is declared first, as Go's
+/// `GetState` does: reading a task that has no state yet (a chord's callback, a task not
+/// sent yet) finds an empty queue, not a 404 that closes the channel and that lapin logs as
+/// an error. An existing empty queue is read again a few times, since another reader may
+/// hold its messages for the instant of its own read.
+async fn read_latest(session: &Arc<Session>, spec: &QueueSpec) -> Result<Option<Latest>> {
+    let queue = spec.name.as_str();
     let name = short("queue name", queue)?;
+    topology::ensure_queue(session, spec).await?;
     let ch = session.channel().await?;
     for pause in std::iter::once(0).chain(EMPTY_RETRY_MS) {
         if pause > 0 {
@@ -527,7 +533,11 @@ async fn read_latest(session: &Arc<Session>, queue: &str) -> Result<Option<Lates
                     }
                 }
                 Ok(None) => break,
-                Err(e) if error::is_not_found(&e) => return Ok(None),
+                Err(e) if error::is_not_found(&e) => {
+                    // Deleted since we declared it.
+                    topology::forget_queue(session, queue);
+                    return Ok(None);
+                }
                 Err(e) => return Err(error::amqp(format!("read states of `{queue}`"), e)),
             }
         }

@@ -51,7 +51,6 @@ const STABLE_CONSUMER: Duration = Duration::from_secs(10);
 ///
 /// let config = AmqpConfig {
 ///     url: "amqp://guest:guest@localhost:5672/".into(),
-///     binding_key: "machinery_tasks".into(), // = default_queue, see the README
 ///     ..AmqpConfig::default()
 /// };
 /// let broker = AmqpBroker::connect(config).await?;
@@ -229,7 +228,7 @@ impl BrokerInner {
         } else {
             (
                 self.config.default_queue.as_str(),
-                self.config.binding_key.as_str(),
+                self.config.effective_binding_key(),
             )
         };
         QueueSpec {
@@ -242,20 +241,40 @@ impl BrokerInner {
         }
     }
 
-    /// The queue a Go worker declares: durable, bound with the binding key.
-    fn worker_queue(&self, queue: &str) -> QueueSpec {
-        QueueSpec {
+    /// Declare the worker queue `queue` with Go's flags and arguments (so that a queue Go
+    /// declared is reused), bind it with exactly the routing keys of the tasks sent to it
+    /// ([`AmqpConfig::worker_binding_keys`]), and remove the bindings that would also send it
+    /// the default queue's tasks ([`AmqpConfig::stale_binding_keys`]).
+    async fn declare_worker_queue(&self, channel: &Channel, queue: &str) -> Result<()> {
+        let keys = self.config.worker_binding_keys(queue);
+        let mut spec = QueueSpec {
             name: queue.to_owned(),
             durable: true,
             auto_delete: false,
             args: self.declare_args(),
-            bind: Some((
-                self.exchange().to_owned(),
-                self.config.binding_key.clone(),
-                self.bind_args(),
-            )),
+            bind: None,
             trust_for: None,
+        };
+        for (i, key) in keys.iter().enumerate() {
+            spec.bind = Some((self.exchange().to_owned(), key.clone(), self.bind_args()));
+            if i == 0 {
+                topology::declare_on(channel, &spec).await?;
+            } else {
+                topology::bind_on(channel, &spec).await?;
+            }
         }
+        if self.exchange().is_empty() {
+            return Ok(());
+        }
+        for key in self.config.stale_binding_keys(queue) {
+            topology::unbind_on(channel, queue, self.exchange(), &key, self.bind_args()).await?;
+            tracing::debug!(
+                queue,
+                routing_key = %key,
+                "amqp: custom queue not bound with the default routing key (a Go worker binds it so)"
+            );
+        }
+        Ok(())
     }
 
     /// Declare `spec` then publish; when the message comes back unroutable (the queue was
@@ -419,10 +438,11 @@ impl BrokerInner {
     async fn start_consumer(&self, queue: &str, options: &ConsumeOptions) -> Result<Active> {
         let session = self.consumer.session().await?;
         let channel = session.own_channel().await?;
+        let prefetch = self.config.prefetch_count.unwrap_or(options.prefetch);
         let attempt = async {
-            topology::declare_on(&channel, &self.worker_queue(queue)).await?;
+            self.declare_worker_queue(&channel, queue).await?;
             channel
-                .basic_qos(options.prefetch, BasicQosOptions { global: false })
+                .basic_qos(prefetch, BasicQosOptions { global: false })
                 .await
                 .map_err(|e| error::amqp("set the prefetch (basic.qos)", e))?;
             channel

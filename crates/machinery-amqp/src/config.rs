@@ -12,6 +12,11 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 use machinery_core::{Config, Error, Result, redact_url};
 use serde::Deserialize;
 
+/// Go's default `DefaultQueue`.
+const GO_DEFAULT_QUEUE: &str = "machinery_tasks";
+/// Go's default `AMQP.BindingKey`.
+const GO_DEFAULT_BINDING_KEY: &str = "machinery_task";
+
 /// Settings of the AMQP broker and result backend.
 ///
 /// Field names follow Go Machinery's `Config` / `AMQPConfig` (see
@@ -47,9 +52,11 @@ pub struct AmqpConfig {
     /// Extra arguments of every task queue binding. Go's `AMQP.QueueBindingArgs`. Default
     /// none.
     pub queue_binding_args: BTreeMap<String, serde_json::Value>,
-    /// Binding key of the worker queue, and the default routing key of a direct exchange.
-    /// Go's `AMQP.BindingKey`. Default `machinery_task` (see the README about setting it to
-    /// `default_queue`).
+    /// Binding key of the default queue, and the default routing key of a direct exchange.
+    /// Go's `AMQP.BindingKey`. Default empty, meaning `default_queue`: a task sent without a
+    /// routing key goes to the queue the workers read. A value other than `default_queue`
+    /// (Go's example configuration sets `machinery_task`) gets Go's split, with a warning at
+    /// start-up; see the README.
     pub binding_key: String,
     /// `auto_delete` flag of the delay queues. Go's `AMQP.AutoDelete`. Default false.
     pub auto_delete: bool,
@@ -72,6 +79,11 @@ pub struct AmqpConfig {
     pub publish_retry_timeout_ms: u64,
     /// Connection name shown by RabbitMQ's tooling. Default `machinery-rs`.
     pub connection_name: String,
+    /// The consumer's `basic.qos` prefetch: how many unacknowledged tasks RabbitMQ hands one
+    /// worker ahead, whatever its concurrency (as Go does; 0 = no limit). Go's
+    /// `AMQP.PrefetchCount`, which [`AmqpConfig::from_machinery`] copies (default 3). `None`
+    /// (the default of this struct) = the `prefetch` of the consumer's `ConsumeOptions`.
+    pub prefetch_count: Option<u16>,
 }
 
 impl Default for AmqpConfig {
@@ -85,7 +97,7 @@ impl Default for AmqpConfig {
             exchange_type: "direct".to_owned(),
             queue_declare_args: BTreeMap::new(),
             queue_binding_args: BTreeMap::new(),
-            binding_key: "machinery_task".to_owned(),
+            binding_key: String::new(),
             auto_delete: false,
             delayed_queue: String::new(),
             tls_ca_file: None,
@@ -94,6 +106,7 @@ impl Default for AmqpConfig {
             reconnect_max_delay_ms: 5_000,
             publish_retry_timeout_ms: 30_000,
             connection_name: "machinery-rs".to_owned(),
+            prefetch_count: None,
         }
     }
 }
@@ -118,6 +131,7 @@ impl fmt::Debug for AmqpConfig {
             .field("reconnect_max_delay_ms", &self.reconnect_max_delay_ms)
             .field("publish_retry_timeout_ms", &self.publish_retry_timeout_ms)
             .field("connection_name", &self.connection_name)
+            .field("prefetch_count", &self.prefetch_count)
             .finish()
     }
 }
@@ -141,6 +155,7 @@ impl AmqpConfig {
             binding_key: amqp.binding_key.clone(),
             auto_delete: amqp.auto_delete,
             delayed_queue: amqp.delayed_queue.clone(),
+            prefetch_count: Some(amqp.prefetch_count),
             ..AmqpConfig::default()
         }
     }
@@ -150,26 +165,79 @@ impl AmqpConfig {
         self.exchange_type == "direct"
     }
 
+    /// The binding key in effect: `binding_key`, or `default_queue` when it is empty.
+    pub fn effective_binding_key(&self) -> &str {
+        if self.binding_key.is_empty() {
+            &self.default_queue
+        } else {
+            &self.binding_key
+        }
+    }
+
     /// The routing key of a signature that has none: the binding key for a direct exchange,
-    /// the default queue otherwise (Go's `AdjustRoutingKey`).
+    /// the default queue otherwise (Go's `AdjustRoutingKey`). With the default (empty)
+    /// binding key that is `default_queue` either way.
     pub fn default_routing_key(&self) -> &str {
         if self.is_direct() {
-            &self.binding_key
+            self.effective_binding_key()
         } else {
             &self.default_queue
         }
     }
 
+    /// The routing keys the worker queue `queue` is bound with.
+    ///
+    /// - Direct exchange, the default queue: the binding key in effect (Go's binding), and
+    ///   when no binding key is configured and the default queue is Go's `machinery_tasks`,
+    ///   also Go's default binding key `machinery_task`, so that a Go producer left on Go's
+    ///   defaults reaches workers left on ours.
+    /// - Direct exchange, any other (custom) queue: its own name only, the routing key its
+    ///   tasks are sent with, so that it never also receives the default queue's tasks (Go
+    ///   binds it with the binding key too, so a Go custom-queue worker runs every default
+    ///   task a second time).
+    /// - Other exchange types: the binding key in effect, as Go does (their routing is the
+    ///   user's pattern or header design).
+    pub fn worker_binding_keys(&self, queue: &str) -> Vec<String> {
+        if !self.is_direct() {
+            return vec![self.effective_binding_key().to_owned()];
+        }
+        if queue != self.default_queue {
+            return vec![queue.to_owned()];
+        }
+        let mut keys = vec![self.effective_binding_key().to_owned()];
+        if self.binding_key.is_empty() && queue == GO_DEFAULT_QUEUE {
+            keys.push(GO_DEFAULT_BINDING_KEY.to_owned());
+        }
+        keys
+    }
+
+    /// Bindings of a custom queue (direct exchange) that send it the default queue's tasks:
+    /// the ones Go's worker (or an earlier version of this driver) adds, removed when a
+    /// worker of ours starts on it.
+    pub fn stale_binding_keys(&self, queue: &str) -> Vec<String> {
+        if !self.is_direct() || queue == self.default_queue {
+            return Vec::new();
+        }
+        let mut keys = vec![self.effective_binding_key().to_owned()];
+        if self.binding_key.is_empty() {
+            keys.push(GO_DEFAULT_BINDING_KEY.to_owned());
+        }
+        keys.retain(|k| k != queue);
+        keys.dedup();
+        keys
+    }
+
     /// When the configuration makes publishers fill a queue that no worker reads, the
     /// warning to log at start-up (the binding key / default queue pitfall, see the README).
     pub fn unread_queue_warning(&self) -> Option<String> {
-        if self.is_direct() && self.binding_key != self.default_queue {
+        if self.is_direct() && self.effective_binding_key() != self.default_queue {
             Some(format!(
-                "amqp: binding_key `{bk}` differs from default_queue `{dq}`: with a direct exchange \
-                 a task sent without a routing key is published with routing key `{bk}`, and \
-                 (as Go Machinery does) the publisher declares a queue `{bk}` bound with `{bk}`; \
-                 workers read `{dq}` (also bound with `{bk}`), so `{bk}` keeps a copy of every \
-                 such task that nobody consumes. Set binding_key = default_queue",
+                "amqp: binding_key `{bk}` differs from default_queue `{dq}` (Go's split): with a \
+                 direct exchange a task sent without a routing key is published with routing key \
+                 `{bk}`, and (as Go Machinery does) the publisher declares a queue `{bk}` bound \
+                 with `{bk}`; workers read `{dq}` (also bound with `{bk}`), so `{bk}` keeps a \
+                 copy of every such task that nobody consumes. Leave binding_key unset (or set \
+                 it to default_queue, on the Go side too) unless something reads `{bk}`",
                 bk = self.binding_key,
                 dq = self.default_queue
             ))
@@ -389,9 +457,14 @@ mod tests {
         assert_eq!(c.default_queue, "machinery_tasks");
         assert_eq!(c.exchange, "machinery_exchange");
         assert_eq!(c.exchange_type, "direct");
-        assert_eq!(c.binding_key, "machinery_task");
+        assert_eq!(c.binding_key, "", "unset: the default queue");
         assert_eq!(c.results_expire_in, 3600);
-        assert_eq!(c.default_routing_key(), "machinery_task");
+        assert_eq!(
+            c.default_routing_key(),
+            "machinery_tasks",
+            "the defaults route to the queue workers read"
+        );
+        assert_eq!(c.prefetch_count, None);
         assert_eq!(c.results_ttl_ms().unwrap(), 3_600_000);
     }
 
@@ -423,13 +496,25 @@ mod tests {
         assert_eq!(c.results_ttl_ms().unwrap(), 3_600_000, "0 means 3600 s");
         assert_eq!(c.queue_declare_args.len(), 1);
         assert_eq!(c.heartbeat, 10);
+        assert_eq!(c.prefetch_count, Some(3), "Go's AMQP.PrefetchCount default");
     }
 
     #[test]
     fn pitfall_warning_only_when_it_applies() {
-        let c = AmqpConfig::default();
-        let w = c.unread_queue_warning().expect("defaults have the pitfall");
-        assert!(w.contains("machinery_task") && w.contains("machinery_tasks"));
+        assert!(
+            AmqpConfig::default().unread_queue_warning().is_none(),
+            "the defaults do not fill an unread queue"
+        );
+        // Go's example configuration, explicitly: the split, with a warning.
+        let go = AmqpConfig {
+            binding_key: "machinery_task".into(),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(go.default_routing_key(), "machinery_task");
+        let w = go
+            .unread_queue_warning()
+            .expect("Go's split is warned about");
+        assert!(w.contains("`machinery_task`") && w.contains("`machinery_tasks`"));
         let fixed = AmqpConfig {
             binding_key: "machinery_tasks".into(),
             ..AmqpConfig::default()
@@ -437,9 +522,53 @@ mod tests {
         assert!(fixed.unread_queue_warning().is_none());
         let topic = AmqpConfig {
             exchange_type: "topic".into(),
+            binding_key: "machinery_task".into(),
             ..AmqpConfig::default()
         };
         assert!(topic.unread_queue_warning().is_none());
+    }
+
+    #[test]
+    fn each_queue_is_bound_only_with_its_own_routing_key() {
+        let c = AmqpConfig::default();
+        assert_eq!(
+            c.worker_binding_keys("machinery_tasks"),
+            ["machinery_tasks", "machinery_task"],
+            "the default queue also takes Go's default routing key"
+        );
+        assert_eq!(c.worker_binding_keys("images"), ["images"]);
+        assert_eq!(
+            c.stale_binding_keys("images"),
+            ["machinery_tasks", "machinery_task"]
+        );
+        assert!(c.stale_binding_keys("machinery_tasks").is_empty());
+        let go = AmqpConfig {
+            binding_key: "machinery_task".into(),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(
+            go.worker_binding_keys("machinery_tasks"),
+            ["machinery_task"]
+        );
+        assert_eq!(go.worker_binding_keys("images"), ["images"]);
+        assert_eq!(go.stale_binding_keys("images"), ["machinery_task"]);
+        assert!(
+            go.stale_binding_keys("machinery_task").is_empty(),
+            "a queue keeps the binding with its own name"
+        );
+        let own = AmqpConfig {
+            default_queue: "q".into(),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(own.worker_binding_keys("q"), ["q"]);
+        assert_eq!(own.default_routing_key(), "q");
+        let topic = AmqpConfig {
+            exchange_type: "topic".into(),
+            binding_key: "tasks.#".into(),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(topic.worker_binding_keys("images"), ["tasks.#"]);
+        assert!(topic.stale_binding_keys("images").is_empty());
     }
 
     #[test]

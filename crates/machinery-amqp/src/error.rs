@@ -40,17 +40,32 @@ pub(crate) fn is_temporary(e: &lapin::Error) -> bool {
     }
 }
 
-/// A lapin error while doing `what`.
+/// A lapin error while doing `what`. The message carries the server's reply text when the
+/// server refused (RabbitMQ's own explanation, e.g. `PRECONDITION_FAILED - message size ...
+/// is larger than configured max size ...`), and for a 406 about a declaration
+/// (`inequivalent arg`) says that it must match Go Machinery's.
 pub(crate) fn amqp(what: impl Into<String>, e: lapin::Error) -> Error {
     let mut message = what.into();
-    if matches!(
-        reply_code(&e),
-        Some(AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
-    ) {
-        message.push_str(
-            " (406 PRECONDITION_FAILED: the server has it declared with other flags or \
-             arguments; they must match Go Machinery's exactly, see the crate README)",
-        );
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp) => {
+            let text = amqp.get_message().as_str();
+            if text.is_empty() {
+                message.push_str(&format!(": the server answered {}", amqp.get_id()));
+            } else {
+                message.push_str(&format!(": the server answered {} `{text}`", amqp.get_id()));
+            }
+            if matches!(
+                amqp.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+            ) && text.contains("inequivalent arg")
+            {
+                message.push_str(
+                    " (the server has it declared with other flags or arguments; they must \
+                     match Go Machinery's exactly, see the crate README)",
+                );
+            }
+        }
+        _ => message.push_str(&format!(": {e}")),
     }
     let temporary = is_temporary(&e);
     Error::backend(DRIVER, message, temporary, e)
@@ -72,7 +87,33 @@ mod tests {
     use lapin::protocol::{AMQPError, AMQPHardError};
 
     fn protocol(kind: AMQPErrorKind) -> lapin::Error {
-        ErrorKind::ProtocolError(AMQPError::new(kind, "text".into())).into()
+        protocol_with(kind, "text")
+    }
+
+    fn protocol_with(kind: AMQPErrorKind, text: &str) -> lapin::Error {
+        ErrorKind::ProtocolError(AMQPError::new(kind, text.into())).into()
+    }
+
+    #[test]
+    fn a_406_shows_the_servers_reply() {
+        let size = protocol_with(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - message size 2097152 is larger than configured max size 1048576",
+        );
+        let e = amqp("publish to `x` with `q`", size).to_string();
+        assert!(
+            e.contains("message size 2097152 is larger than configured max size 1048576"),
+            "{e}"
+        );
+        assert!(!e.contains("declared with other flags"), "{e}");
+        let declare = protocol_with(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': \
+             received 'false' but current is 'true'",
+        );
+        let e = amqp("declare queue `q`", declare).to_string();
+        assert!(e.contains("inequivalent arg 'durable'"), "{e}");
+        assert!(e.contains("declared with other flags"), "{e}");
     }
 
     #[test]

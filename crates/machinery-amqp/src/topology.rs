@@ -136,6 +136,12 @@ pub(crate) fn declared_prefix(queue: &str) -> String {
     format!("q:{queue}\u{1}")
 }
 
+/// Forget every declaration of `queue` this session remembers (it was deleted, or expired).
+pub(crate) fn forget_queue(session: &Session, queue: &str) {
+    session.forget_prefix(&declared_prefix(queue));
+    session.forget(&format!("q:{queue}"));
+}
+
 /// Declare and bind on `ch`, waiting for the server's answers.
 pub(crate) async fn declare_on(ch: &Channel, spec: &QueueSpec) -> Result<()> {
     ch.queue_declare(
@@ -151,6 +157,11 @@ pub(crate) async fn declare_on(ch: &Channel, spec: &QueueSpec) -> Result<()> {
     )
     .await
     .map_err(|e| error::amqp(format!("declare queue `{}`", spec.name), e))?;
+    bind_on(ch, spec).await
+}
+
+/// Bind `spec`'s queue as its `bind` says (nothing without one or with the empty exchange).
+pub(crate) async fn bind_on(ch: &Channel, spec: &QueueSpec) -> Result<()> {
     if let Some((exchange, routing_key, args)) = &spec.bind
         && !exchange.is_empty()
     {
@@ -173,6 +184,30 @@ pub(crate) async fn declare_on(ch: &Channel, spec: &QueueSpec) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Remove the binding of `queue` to `exchange` with `routing_key` and `args` (RabbitMQ
+/// answers a missing binding with success).
+pub(crate) async fn unbind_on(
+    ch: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    args: FieldTable,
+) -> Result<()> {
+    ch.queue_unbind(
+        short("queue name", queue)?,
+        short("exchange", exchange)?,
+        short("routing key", routing_key)?,
+        args,
+    )
+    .await
+    .map_err(|e| {
+        error::amqp(
+            format!("unbind queue `{queue}` from `{exchange}` with `{routing_key}`"),
+            e,
+        )
+    })
 }
 
 /// What became of a confirmed publish.
@@ -266,8 +301,7 @@ pub(crate) async fn publish_to_declared(
         if published == Published::Stored || attempt == 1 {
             return Ok(published);
         }
-        session.forget_prefix(&declared_prefix(&spec.name));
-        session.forget(&format!("q:{}", spec.name));
+        forget_queue(session, &spec.name);
     }
     Ok(Published::Unroutable)
 }
@@ -349,8 +383,7 @@ pub(crate) async fn purge_on(ch: &Channel, queue: &str) -> Result<bool> {
 
 /// Delete `queue`; a missing queue is fine.
 pub(crate) async fn delete(session: &std::sync::Arc<Session>, queue: &str) -> Result<()> {
-    session.forget(&format!("q:{queue}"));
-    session.forget_prefix(&declared_prefix(queue));
+    forget_queue(session, queue);
     let mut ch = session.channel().await?;
     if delete_on(&ch, queue).await? {
         ch.keep();

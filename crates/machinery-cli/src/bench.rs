@@ -228,6 +228,12 @@ pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
     // AMQP: the default routing key is the binding key; keep it on the bench queue
     // (otherwise every task is also copied to an orphan `machinery_task` queue).
     config.amqp.binding_key = config.default_queue.clone();
+    // AMQP: prefetch as many tasks as the worker runs at once (Go's default of 3 would
+    // leave a worker of concurrency 256 mostly idle); 256 for unlimited concurrency.
+    config.amqp.prefetch_count = match args.concurrency {
+        0 => 256,
+        n => u16::try_from(n).unwrap_or(u16::MAX),
+    };
     header(&config, args);
     let kinds = match args.kind {
         Kind::All => vec![

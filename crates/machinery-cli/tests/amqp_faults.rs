@@ -1,11 +1,12 @@
 //! Fault tests of the AMQP broker with real worker processes (`machinery worker`), Redis as
 //! the result backend: a worker killed with SIGKILL in the middle of 10 000 tasks, a RabbitMQ
-//! restart during a run (on a private RabbitMQ node this test starts on port 5699; the
-//! machine's RabbitMQ is never touched), and malformed messages. Needs
+//! restart during a run (on a private RabbitMQ node this test starts on free ports the OS
+//! gives, with `rabbitmq-server` from `PATH`; the machine's RabbitMQ is never touched), and
+//! malformed messages. Needs
 //! `MACHINERY_TEST_AMQP_URL` and `MACHINERY_TEST_REDIS_URL` (unset = skipped).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,8 @@ impl Setup {
         let mut cmd = worker_command(&self.amqp, &self.redis, &self.queue, concurrency);
         cmd.env("DEFAULT_QUEUE", &self.queue)
             .env("AMQP_EXCHANGE", &self.exchange)
-            .env("AMQP_BINDING_KEY", &self.queue);
+            .env("AMQP_BINDING_KEY", &self.queue)
+            .env("AMQP_PREFETCH_COUNT", concurrency.to_string());
         Worker::spawn(cmd)
     }
 
@@ -155,25 +157,40 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     delete_states(&mut conn, &uuids).await;
 }
 
-/// A RabbitMQ node of this test (port 5699), restarted by killing its process (SIGKILL, by
-/// the PID it wrote) and starting it again on the same data directory.
+/// `tool` on `PATH`.
+fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A TCP port that was free a moment ago (bound on 127.0.0.1:0, read, released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A RabbitMQ node of this test (free ports), restarted by killing its process (SIGKILL, by
+/// the PID it wrote) and starting it again on the same ports and data directory.
 struct OwnRabbit {
     dir: PathBuf,
     port: u16,
+    dist_port: u16,
+    server: PathBuf,
 }
 
 impl OwnRabbit {
-    const NODE: &'static str = "rabbit_amqpfaults@localhost";
-
-    async fn start(port: u16) -> Option<OwnRabbit> {
-        if !Path::new("/usr/sbin/rabbitmq-server").exists() {
+    async fn start() -> Option<OwnRabbit> {
+        let Some(server) = find_tool("rabbitmq-server") else {
             assert!(
                 std::env::var("MACHINERY_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "rabbitmq-server is not installed but MACHINERY_REQUIRE_SERVICES=1"
+                "rabbitmq-server is not on PATH but MACHINERY_REQUIRE_SERVICES=1"
             );
-            println!("skipped: rabbitmq-server is not installed");
+            println!("skipped: rabbitmq-server is not on PATH");
             return None;
-        }
+        };
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("machinery-amqp-faults-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("node dir");
@@ -187,9 +204,18 @@ impl OwnRabbit {
             .args(["-R", "rabbitmq:rabbitmq"])
             .arg(&dir)
             .status();
-        let node = OwnRabbit { dir, port };
+        let node = OwnRabbit {
+            dir,
+            port,
+            dist_port: free_port(),
+            server,
+        };
         node.launch().await;
         Some(node)
+    }
+
+    fn node_name(&self) -> String {
+        format!("rabbit_amqpfaults_{}@localhost", self.port)
     }
 
     fn pid(&self) -> Option<String> {
@@ -201,12 +227,12 @@ impl OwnRabbit {
 
     async fn launch(&self) {
         let _ = std::fs::remove_file(self.dir.join("pid"));
-        let status = Command::new("rabbitmq-server")
+        let status = Command::new(&self.server)
             .arg("-detached")
-            .env("RABBITMQ_NODENAME", Self::NODE)
+            .env("RABBITMQ_NODENAME", self.node_name())
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", (self.port + 20000).to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
             .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
@@ -264,7 +290,7 @@ async fn worker_and_sender_resume_after_a_rabbitmq_restart() {
     let Some((_, redis_url)) = urls() else {
         return;
     };
-    let Some(node) = OwnRabbit::start(5699).await else {
+    let Some(node) = OwnRabbit::start().await else {
         return;
     };
     let setup = Setup::new(&node.url(), &redis_url);

@@ -81,7 +81,9 @@ pub struct AmqpSettings {
     pub queue_declare_args: BTreeMap<String, serde_json::Value>,
     /// Extra `queue.bind` arguments. Env `AMQP_QUEUE_BINDING_ARGS` (`k1:v1,k2:v2`).
     pub queue_binding_args: BTreeMap<String, serde_json::Value>,
-    /// Binding key of the worker queue. Default `machinery_task`. Env `AMQP_BINDING_KEY`.
+    /// Binding key of the default queue and default routing key. Default empty = `DefaultQueue`
+    /// (Go's default `machinery_task` fills a queue nobody reads; set it to get Go's split).
+    /// Env `AMQP_BINDING_KEY`.
     pub binding_key: String,
     /// `basic.qos` prefetch. Default 3. Env `AMQP_PREFETCH_COUNT`.
     pub prefetch_count: u16,
@@ -99,7 +101,7 @@ impl Default for AmqpSettings {
             exchange_type: "direct".to_owned(),
             queue_declare_args: BTreeMap::new(),
             queue_binding_args: BTreeMap::new(),
-            binding_key: "machinery_task".to_owned(),
+            binding_key: String::new(),
             prefetch_count: 3,
             auto_delete: false,
             delayed_queue: String::new(),
@@ -610,7 +612,7 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.default_queue, "machinery_tasks");
         assert_eq!(c.amqp.exchange, "machinery_exchange");
-        assert_eq!(c.amqp.binding_key, "machinery_task");
+        assert_eq!(c.amqp.binding_key, "", "unset: the default queue");
         assert_eq!(c.amqp.prefetch_count, 3);
         assert_eq!(c.results_expire_in, 3600);
     }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::collections::BTreeMap;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
@@ -87,4 +89,40 @@ pub async fn teardown_namespace(url: &str, ns: &str) {
         &[format!("{ns}_exchange"), format!("{ns}_exchange.dead")],
     )
     .await;
+}
+
+/// Every log line of this test binary at INFO and above (lapin's included), as text: installs a
+/// global subscriber writing into memory on first use. Tests of one binary run in parallel,
+/// so a test looks only for lines naming its own queues.
+pub fn logs() -> String {
+    use std::sync::{Mutex, OnceLock};
+    static BUF: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    let buf = *BUF.get_or_init(|| {
+        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let writer = move || Sink(buf);
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(writer)
+            .try_init()
+            .expect("install the log capture");
+        buf
+    });
+    String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+}
+
+struct Sink(&'static std::sync::Mutex<Vec<u8>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
