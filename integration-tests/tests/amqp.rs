@@ -1,12 +1,14 @@
-//! Every scenario on the AMQP broker with the AMQP backend, the Redis backend and the memory
-//! backend (needs `MACHINERY_TEST_AMQP_URL`, and `MACHINERY_TEST_REDIS_URL` for the Redis
-//! pair; unset = skipped).
+//! Every scenario on the AMQP broker with the AMQP backend, the Redis backend, the memcache
+//! backend and the memory backend (needs `MACHINERY_TEST_AMQP_URL`, and
+//! `MACHINERY_TEST_REDIS_URL` / `MACHINERY_TEST_MEMCACHE_URL` for those pairs; unset =
+//! skipped).
 
 use std::sync::Arc;
 
 use machinery::{Config, MemoryBackend};
 use machinery_amqp::{AmqpBackend, AmqpBroker, AmqpConfig};
 use machinery_integration_tests::Env;
+use machinery_memcache::{MemcacheBackend, MemcacheConfig};
 use machinery_redis::{RedisBackend, RedisConfig};
 
 /// One shared exchange for every case (a durable exchange per case would outlive it); the
@@ -67,6 +69,22 @@ async fn amqp_redis(ns: String) -> Option<Env> {
     })
 }
 
+async fn amqp_memcache(ns: String) -> Option<Env> {
+    let url = machinery_testkit::env_url("MACHINERY_TEST_AMQP_URL")?;
+    let memcache_url = machinery_testkit::env_url("MACHINERY_TEST_MEMCACHE_URL")?;
+    let mut config = config(&url, &ns);
+    config.result_backend = memcache_url.clone();
+    let broker = amqp_broker(&url, &config).await;
+    let backend = MemcacheBackend::connect(MemcacheConfig::from_machinery(&memcache_url, &config))
+        .await
+        .expect("MACHINERY_TEST_MEMCACHE_URL is set but memcached is unreachable");
+    Some(Env {
+        config,
+        broker: Arc::new(broker),
+        backend: Arc::new(backend),
+    })
+}
+
 async fn amqp_memory(ns: String) -> Option<Env> {
     let url = machinery_testkit::env_url("MACHINERY_TEST_AMQP_URL")?;
     let mut config = config(&url, &ns);
@@ -85,6 +103,10 @@ mod amqp_x_amqp {
 
 mod amqp_x_redis {
     machinery_integration_tests::integration_suite!(super::amqp_redis);
+}
+
+mod amqp_x_memcache {
+    machinery_integration_tests::integration_suite!(super::amqp_memcache);
 }
 
 mod amqp_x_memory {
