@@ -1,8 +1,9 @@
 //! `MemcacheBackend`: task states and group metas under their UUID keys, in Go's JSON, on the
 //! server Go's client picks for each key.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -31,7 +32,21 @@ struct Inner {
     cas_attempts: u32,
     member_claim_wait: Duration,
     url: String,
+    kept: Mutex<HashMap<String, Kept>>,
 }
+
+/// What the store held for a task whose run this process is in (between RECEIVED and its
+/// final state): its name and creation time. STARTED and SUCCESS then become plain `set`s of
+/// the same bytes the read-merge-cas would write, one round trip instead of two.
+struct Kept {
+    name: String,
+    created_at: machinery_core::Timestamp,
+    at: std::time::Instant,
+}
+
+/// How long a kept entry is trusted, and how many are kept at most.
+const KEPT_FOR: Duration = Duration::from_secs(300);
+const KEPT_MAX: usize = 100_000;
 
 impl fmt::Debug for MemcacheBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,6 +91,7 @@ impl MemcacheBackend {
                 cas_attempts: config.cas_attempts.max(1),
                 member_claim_wait: config.member_claim_wait,
                 url: config.url,
+                kept: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -102,6 +118,41 @@ impl MemcacheBackend {
     /// `item_size_max` from its `stats settings` less the item header and the key.
     pub fn value_limit(&self, key: &str) -> usize {
         self.inner.client.value_limit(key.as_bytes())
+    }
+
+    fn kept(&self) -> MutexGuard<'_, HashMap<String, Kept>> {
+        self.inner
+            .kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn recall(&self, task_uuid: &str) -> Option<(String, machinery_core::Timestamp)> {
+        let kept = self.kept();
+        let k = kept.get(task_uuid)?;
+        (k.at.elapsed() < KEPT_FOR).then(|| (k.name.clone(), k.created_at))
+    }
+
+    fn remember(&self, state: &TaskState) {
+        let mut kept = self.kept();
+        if kept.len() >= KEPT_MAX {
+            kept.retain(|_, k| k.at.elapsed() < KEPT_FOR);
+            if kept.len() >= KEPT_MAX {
+                kept.clear();
+            }
+        }
+        kept.insert(
+            state.task_uuid.clone(),
+            Kept {
+                name: state.task_name.clone(),
+                created_at: state.created_at,
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+
+    fn forget(&self, task_uuid: &str) {
+        self.kept().remove(task_uuid);
     }
 
     fn client(&self) -> &Client {
@@ -257,6 +308,7 @@ impl Backend for MemcacheBackend {
         let key = state.task_uuid.as_str();
         if state.state == State::Pending {
             // Go writes PENDING afresh (a retry gets a new CreatedAt).
+            self.forget(key);
             let json = state.to_json()?;
             return self.put("task state", key, &json).await;
         }
@@ -264,6 +316,18 @@ impl Backend for MemcacheBackend {
         // The size as given, before any request; the merged size is checked again below.
         self.client()
             .check_value("task state", key, state.to_json()?.len())?;
+        let run_ends = state.state.is_completed() || state.state == State::Retry;
+        if let Some((name, created_at)) = self.recall(key) {
+            let mut merged = state.clone();
+            merged.created_at = created_at;
+            if merged.task_name.is_empty() {
+                merged.task_name = name;
+            }
+            if run_ends {
+                self.forget(key);
+            }
+            return self.put("task state", key, &merged.to_json()?).await;
+        }
         // Later states keep the stored CreatedAt / TaskName: gets, then cas (or add when
         // nothing is stored), again when another writer got in between.
         let what = format!("store the state of {key}");
@@ -294,7 +358,13 @@ impl Backend for MemcacheBackend {
             self.client().check_value("task state", key, merged.len())?;
             let result = self.client().run(&what, op, false).await?;
             match result.status {
-                MutationStatus::Applied => return Ok(()),
+                MutationStatus::Applied => {
+                    if !run_ends {
+                        let kept = TaskState::from_json(&merged)?;
+                        self.remember(&kept);
+                    }
+                    return Ok(());
+                }
                 MutationStatus::CasMismatch
                 | MutationStatus::NotFound
                 | MutationStatus::AlreadyExists => continue,
@@ -483,6 +553,7 @@ impl Backend for MemcacheBackend {
     }
 
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
+        self.forget(task_uuid);
         self.client().check_key(task_uuid)?;
         self.client()
             .run(

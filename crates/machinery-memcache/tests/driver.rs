@@ -357,3 +357,37 @@ async fn a_member_whose_counter_died_is_taken_over() {
         "counted twice"
     );
 }
+
+/// A worker's run: RECEIVED reads and merges once (gets + cas); STARTED and SUCCESS reuse
+/// what it read (plain sets, no read), and every state keeps PENDING's name and CreatedAt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reads_the_stored_state_once() {
+    let server = OwnMemcached::start(&[]).await;
+    let addr = server.addr();
+    let sender = connect(MemcacheConfig::from_url(format!("memcache://{addr}"))).await;
+    let worker = connect(MemcacheConfig::from_url(format!("memcache://{addr}"))).await;
+    let sig = Signature::new("driver.run");
+    let pending = TaskState::pending(&sig);
+    let created_at = pending.created_at;
+    sender.set_state(&pending).await.expect("pending");
+    // Later states are made later: their own CreatedAt differs from PENDING's.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let gets = stat(&addr, "cmd_get").await;
+    for st in [State::Received, State::Started, State::Success] {
+        let state = TaskState {
+            task_name: String::new(),
+            ..TaskState::new(&sig, st)
+        };
+        worker.set_state(&state).await.expect("state");
+        let got = sender
+            .state(&sig.uuid)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(got.state, st);
+        assert_eq!(got.task_name, sig.name, "{st}: name lost");
+        assert_eq!(got.created_at, created_at, "{st}: CreatedAt lost");
+    }
+    // One read by the worker (RECEIVED), three by the checks above.
+    assert_eq!(stat(&addr, "cmd_get").await - gets, 4);
+}
