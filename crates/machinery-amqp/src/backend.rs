@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, ErrorKind};
+use lapin::types::{AMQPValue, FieldTable};
 use machinery_core::{
     Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, Timestamp, time,
 };
@@ -62,9 +61,11 @@ struct BackendInner {
     /// `CreatedAt` / `TaskName` of tasks this process wrote or read, to keep them in later
     /// states without reading the queue each time.
     origins: Mutex<HashMap<String, Cached<(Timestamp, String)>>>,
-    /// Serialises this process's callers of the fallback chord trigger (an exclusive queue
-    /// excludes other connections, not callers sharing ours).
-    claim: tokio::sync::Mutex<()>,
+    /// Groups found to have no meta of ours (a Go producer's groups), until they expire.
+    foreign: Mutex<HashMap<String, Cached<()>>>,
+    /// The largest completion count this process saw per foreign group: `group_states`
+    /// reads Go's group queue until it has at least that many members.
+    foreign_done: Mutex<HashMap<String, Cached<usize>>>,
     /// Striped locks serialising this process's marks of one member, so that concurrent
     /// repeats see each other's marker.
     marking: Vec<tokio::sync::Mutex<()>>,
@@ -125,17 +126,12 @@ fn chord_token_queue(group: &str) -> String {
     format!("{group}_chord_token")
 }
 
-fn chord_claim_queue(group: &str) -> String {
-    format!("{group}_chord_claim")
+fn chord_once_queue(group: &str) -> String {
+    format!("{group}_chord_once")
 }
 
 fn chord_triggered_queue(group: &str) -> String {
     format!("{group}_chord_triggered")
-}
-
-fn is_resource_locked(e: &lapin::Error) -> bool {
-    matches!(e.kind(), ErrorKind::ProtocolError(p)
-        if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::RESOURCELOCKED | AMQPSoftError::ACCESSREFUSED)))
 }
 
 impl AmqpBackend {
@@ -159,7 +155,8 @@ impl AmqpBackend {
                 ttl_ms,
                 metas: Mutex::new(HashMap::new()),
                 origins: Mutex::new(HashMap::new()),
-                claim: tokio::sync::Mutex::new(()),
+                foreign: Mutex::new(HashMap::new()),
+                foreign_done: Mutex::new(HashMap::new()),
                 marking: (0..MARK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -234,41 +231,76 @@ impl BackendInner {
         if let Some(m) = cache_get(&self.metas, group) {
             return Ok(Some(m));
         }
-        let queue = meta_queue(group);
+        if cache_get(&self.foreign, group).is_some() {
+            return Ok(None);
+        }
+        let spec = self.private_queue(meta_queue(group));
+        let spec = &spec;
         let meta = self
             .link
-            .retrying("read group meta", |session| {
-                let queue = &queue;
-                async move { read_meta(&session, group, queue).await }
+            .retrying("read group meta", |session| async move {
+                read_meta(&session, group, spec).await
             })
             .await?;
-        Ok(meta.map(|m| self.cache_members(&m)))
+        match meta {
+            Some(m) => Ok(Some(self.cache_members(&m))),
+            None => {
+                // Our producers write the meta before sending any member: a member whose
+                // group has none belongs to a group sent without one (Go's).
+                cache_put(&self.foreign, group.to_owned(), (), self.ttl());
+                Ok(None)
+            }
+        }
     }
 
-    /// How many final member states the group queue holds (Go's `GroupCompleted` count), or
-    /// `None` when there is no group queue.
-    async fn done_count(&self, group: &str) -> Result<Option<u32>> {
+    /// Whether `group`, which has no meta of ours, is a group being tracked from Go's group
+    /// queue: adopted here, or with members counted there already (by any worker).
+    async fn foreign_known(&self, group: &str) -> Result<bool> {
+        if cache_get(&self.foreign_done, group).is_some() {
+            return Ok(true);
+        }
+        let count = self.done_count(group).await?;
+        if count > 0 {
+            self.saw_foreign_done(group, count as usize);
+        }
+        Ok(count > 0)
+    }
+
+    /// Record `count` as seen for the foreign group `group` (kept as the maximum).
+    fn saw_foreign_done(&self, group: &str, count: usize) {
+        let seen = cache_get(&self.foreign_done, group);
+        if seen.is_none_or(|seen| count > seen) {
+            cache_put(&self.foreign_done, group.to_owned(), count, self.ttl());
+        }
+    }
+
+    /// How many final member states the group queue holds (Go's `GroupCompleted` count),
+    /// declaring it with Go's flags and arguments when missing (as Go's `GroupCompleted`
+    /// does; a passive check of a missing queue is a 404 that closes the channel and that
+    /// lapin logs as an error). Messages another reader holds for the instant of a listing
+    /// are not counted.
+    async fn done_count(&self, group: &str) -> Result<u32> {
+        let spec = self.group_queue(group);
+        let spec = &spec;
         self.link
             .retrying("inspect group queue", |session| async move {
                 let ch = session.channel().await?;
-                match ch
+                let q = ch
                     .queue_declare(
                         short("queue name", group)?,
                         QueueDeclareOptions {
-                            passive: true,
-                            ..QueueDeclareOptions::default()
+                            passive: false,
+                            durable: spec.durable,
+                            exclusive: false,
+                            auto_delete: spec.auto_delete,
+                            nowait: false,
                         },
-                        FieldTable::default(),
+                        spec.args.clone(),
                     )
                     .await
-                {
-                    Ok(q) => {
-                        reusable(ch);
-                        Ok(Some(q.message_count()))
-                    }
-                    Err(e) if error::is_not_found(&e) => Ok(None),
-                    Err(e) => Err(error::amqp(format!("inspect queue `{group}`"), e)),
-                }
+                    .map_err(|e| error::amqp(format!("inspect queue `{group}`"), e))?;
+                reusable(ch);
+                Ok(q.message_count())
             })
             .await
     }
@@ -369,64 +401,92 @@ impl BackendInner {
 
     /// Members' states of a group with no meta of ours: the final states in Go's group
     /// queue, in arrival order (what Go's `GroupTaskStates` gives), read without removing
-    /// them.
+    /// them. Another process listing the queue at the same instant holds some of its
+    /// messages, so the listing is repeated (briefly) until it has at least as many members
+    /// as this process has seen counted.
     async fn go_group_states(&self, group: &str) -> Result<Vec<TaskState>> {
-        let listed = self
-            .link
-            .retrying("read group queue", |session| async move {
-                topology::list_queue(&session, group).await
-            })
-            .await?;
-        let mut seen = std::collections::HashSet::new();
-        let mut states = Vec::new();
-        for d in listed {
-            let state = TaskState::from_json(&d.data)?;
-            if seen.insert(state.task_uuid.clone()) {
-                states.push(state);
+        let want = cache_get(&self.foreign_done, group).unwrap_or(0);
+        let deadline = Instant::now() + FINAL_STATE_WAIT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let listed = self
+                .link
+                .retrying("read group queue", |session| async move {
+                    topology::list_queue(&session, group).await
+                })
+                .await?;
+            let mut seen = std::collections::HashSet::new();
+            let mut states = Vec::new();
+            for d in listed {
+                let state = TaskState::from_json(&d.data)?;
+                if seen.insert(state.task_uuid.clone()) {
+                    states.push(state);
+                }
             }
+            if states.len() >= want || Instant::now() >= deadline {
+                return Ok(states);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
-        Ok(states)
     }
 
-    /// The chord trigger for a group without our token (a Go producer's group): one winner
-    /// through an exclusive claim queue (one connection at a time may declare it), recorded
-    /// in `<group>_chord_triggered` (the queue Go's `TriggerChord` looks for).
-    async fn trigger_by_claim(&self, group: &str) -> Result<bool> {
-        let _local = self.claim.lock().await;
+    /// The chord trigger for a group without our token (a Go producer's group): one
+    /// publish into `<group>_chord_once`, a queue that holds one message and refuses the
+    /// rest (`x-max-length` 1, `x-overflow` `reject-publish`): the server confirms exactly
+    /// one publisher's message and nacks every later one, for as long as the queue lives
+    /// (`x-expires` = the result expiry). The winner also declares `<group>_chord_triggered`,
+    /// the queue Go's `TriggerChord` looks for. No request here can be answered 404.
+    async fn trigger_once(&self, group: &str) -> Result<bool> {
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args.insert("x-expires".into(), AMQPValue::LongInt(self.ttl_ms));
+        let once = QueueSpec {
+            name: chord_once_queue(group),
+            durable: false,
+            auto_delete: false,
+            args,
+            bind: None,
+            trust_for: Some(topology::trust_window(self.ttl_ms)),
+        };
         let triggered = self.private_queue(chord_triggered_queue(group));
-        let claim = chord_claim_queue(group);
-        let (triggered, claim) = (&triggered, &claim);
+        let (once, triggered) = (&once, &triggered);
         self.link
             .retrying("trigger chord", |session| async move {
-                if queue_exists(&session, &triggered.name).await? {
-                    return Ok(false);
-                }
-                let mut ch = session.channel().await?;
-                let claimed = ch
-                    .queue_declare(
-                        short("queue name", claim)?,
-                        QueueDeclareOptions {
-                            passive: false,
-                            durable: false,
-                            exclusive: true,
-                            auto_delete: true,
-                            nowait: false,
-                        },
-                        FieldTable::default(),
-                    )
-                    .await;
-                match claimed {
-                    Ok(_) => {}
-                    Err(e) if is_resource_locked(&e) => return Ok(false),
-                    Err(e) => return Err(error::amqp(format!("claim the chord of `{group}`"), e)),
-                }
-                // Someone may have won and released the claim since the first check.
-                let won = !queue_exists(&session, &triggered.name).await?;
+                topology::ensure_queue(&session, once).await?;
+                let confirm = topology::send(
+                    &session,
+                    "",
+                    &once.name,
+                    group.as_bytes(),
+                    json_properties(0, None),
+                    true,
+                )
+                .await?;
+                let won = match confirm.await {
+                    Ok(lapin::Confirmation::Ack(None)) => true,
+                    Ok(lapin::Confirmation::Nack(_)) => false,
+                    Ok(lapin::Confirmation::Ack(Some(_))) => {
+                        // Unroutable: the queue expired since we declared it.
+                        topology::forget_queue(&session, &once.name);
+                        return Err(error::temporary(format!(
+                            "the chord queue of `{group}` vanished; trying again"
+                        )));
+                    }
+                    Ok(lapin::Confirmation::NotRequested) => {
+                        return Err(error::temporary("the publishing channel lost confirm mode"));
+                    }
+                    Err(e) => {
+                        return Err(error::amqp(format!("trigger the chord of `{group}`"), e));
+                    }
+                };
                 if won {
-                    topology::declare_on(&ch, triggered).await?;
+                    topology::ensure_queue(&session, triggered).await?;
                 }
-                topology::delete_on(&ch, claim).await?;
-                ch.keep();
                 Ok(won)
             })
             .await
@@ -445,31 +505,16 @@ async fn member_state(inner: &BackendInner, uuid: String, wait: Duration) -> Res
     })
 }
 
-/// Whether `queue` exists (passive declaration on a throw-away channel: a 404 closes it).
-async fn queue_exists(session: &Arc<Session>, queue: &str) -> Result<bool> {
-    let ch = session.channel().await?;
-    match ch
-        .queue_declare(
-            short("queue name", queue)?,
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-    {
-        Ok(_) => {
-            reusable(ch);
-            Ok(true)
-        }
-        Err(e) if error::is_not_found(&e) => Ok(false),
-        Err(e) => Err(error::amqp(format!("inspect queue `{queue}`"), e)),
-    }
-}
-
 /// The group meta from `<group>_meta`, put back after reading; `None` when there is none.
-async fn read_meta(session: &Arc<Session>, group: &str, queue: &str) -> Result<Option<GroupMeta>> {
+/// The queue is declared first (with the flags `init_group` declares it with), so that a
+/// group without meta (a Go producer's) is an empty queue, not a 404 logged as an error.
+async fn read_meta(
+    session: &Arc<Session>,
+    group: &str,
+    spec: &QueueSpec,
+) -> Result<Option<GroupMeta>> {
+    topology::ensure_queue(session, spec).await?;
+    let queue = spec.name.as_str();
     let ch = session.channel().await?;
     let name = short("queue name", queue)?;
     for pause in std::iter::once(0).chain(META_RETRY_MS) {
@@ -495,7 +540,10 @@ async fn read_meta(session: &Arc<Session>, group: &str, queue: &str) -> Result<O
                 return meta.map(Some);
             }
             Ok(None) => {}
-            Err(e) if error::is_not_found(&e) => return Ok(None),
+            Err(e) if error::is_not_found(&e) => {
+                topology::forget_queue(session, queue);
+                return Ok(None);
+            }
             Err(e) => return Err(error::amqp(format!("read the meta of `{group}`"), e)),
         }
     }
@@ -677,12 +725,13 @@ impl Backend for AmqpBackend {
         let inner = &*self.inner;
         let Some(members) = inner.members(group_uuid).await? else {
             // Not ours: a Go producer's group has only Go's group queue.
-            return match inner.done_count(group_uuid).await? {
-                Some(n) if n > 0 => inner.go_group_states(group_uuid).await,
-                _ => Err(Error::NotFound(group_uuid.to_owned())),
+            return if inner.foreign_known(group_uuid).await? {
+                inner.go_group_states(group_uuid).await
+            } else {
+                Err(Error::NotFound(group_uuid.to_owned()))
             };
         };
-        let done = inner.done_count(group_uuid).await?.unwrap_or(0);
+        let done = inner.done_count(group_uuid).await?;
         let all_done = !members.is_empty() && done as usize >= members.len();
         let wait = if all_done {
             FINAL_STATE_WAIT
@@ -702,6 +751,14 @@ impl Backend for AmqpBackend {
 
     async fn trigger_chord(&self, group_uuid: &str) -> Result<bool> {
         let inner = &*self.inner;
+        if inner.members(group_uuid).await?.is_none() {
+            // No meta and so no token: a Go producer's group, tracked in Go's group queue.
+            return if inner.foreign_known(group_uuid).await? {
+                inner.trigger_once(group_uuid).await
+            } else {
+                Err(Error::NotFound(group_uuid.to_owned()))
+            };
+        }
         let token = chord_token_queue(group_uuid);
         let triggered = inner.private_queue(chord_triggered_queue(group_uuid));
         let (token, triggered) = (&token, &triggered);
@@ -739,25 +796,24 @@ impl Backend for AmqpBackend {
                 }
             })
             .await?;
-        match taken {
-            Some(won) => Ok(won),
-            // No token: a group we did not initialise. Go's group queue proves it exists.
-            None => match inner.done_count(group_uuid).await? {
-                Some(_) => inner.trigger_by_claim(group_uuid).await,
-                None => Err(Error::NotFound(group_uuid.to_owned())),
-            },
-        }
+        // No token queue: purged or expired since the meta was read.
+        taken.ok_or_else(|| Error::NotFound(group_uuid.to_owned()))
     }
 
     async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
         let inner = &*self.inner;
-        let counted = |n: Option<u32>| n.unwrap_or(0) as usize;
-        // Known: initialised here, or a Go producer's group that a Go worker already marked.
-        if inner.members(group_uuid).await?.is_none()
-            && inner.done_count(group_uuid).await?.is_none()
-        {
+        let ours = inner.members(group_uuid).await?.is_some();
+        // Known: initialised here, or a Go producer's group adopted here or already counted
+        // in Go's group queue by some worker.
+        if !ours && !inner.foreign_known(group_uuid).await? {
             return Err(Error::NotFound(group_uuid.to_owned()));
         }
+        let counted = |n: u32| {
+            if !ours {
+                inner.saw_foreign_done(group_uuid, n as usize);
+            }
+            n as usize
+        };
         let stripe = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -789,6 +845,23 @@ impl Backend for AmqpBackend {
         Ok(counted(inner.done_count(group_uuid).await?))
     }
 
+    async fn adopt_group(&self, group_uuid: &str, group_task_count: usize) -> Result<bool> {
+        let inner = &*self.inner;
+        if group_task_count == 0 || inner.members(group_uuid).await?.is_some() {
+            return Ok(false);
+        }
+        // Go's layout for a group Go's producer sent: its group queue (declared here by
+        // `done_count`) collects the members' final states.
+        let count = inner.done_count(group_uuid).await?;
+        inner.saw_foreign_done(group_uuid, count as usize);
+        tracing::debug!(
+            group = group_uuid,
+            group_task_count,
+            "amqp: tracking a group sent without group meta (Go's AMQP backend keeps none) in its group queue"
+        );
+        Ok(true)
+    }
+
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
         lock(&self.inner.origins).remove(task_uuid);
         self.inner
@@ -801,11 +874,14 @@ impl Backend for AmqpBackend {
 
     async fn purge_group(&self, group_uuid: &str) -> Result<()> {
         lock(&self.inner.metas).remove(group_uuid);
+        lock(&self.inner.foreign).remove(group_uuid);
+        lock(&self.inner.foreign_done).remove(group_uuid);
         let queues = [
             group_uuid.to_owned(),
             meta_queue(group_uuid),
             chord_token_queue(group_uuid),
             chord_triggered_queue(group_uuid),
+            chord_once_queue(group_uuid),
         ];
         let queues = &queues;
         self.inner

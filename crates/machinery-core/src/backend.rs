@@ -105,6 +105,19 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             .count())
     }
 
+    /// Start tracking a group that `mark_group_member_done` answered
+    /// [`crate::Error::NotFound`] for, from what its member carries (its `GroupTaskCount`):
+    /// a group whose producer recorded nothing (Go's AMQP backend keeps no group meta).
+    /// `Ok(true)` when the backend tracks it from now on (the worker marks the member
+    /// again); the default tracks nothing.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached.
+    async fn adopt_group(&self, group_uuid: &str, group_task_count: usize) -> Result<bool> {
+        let _ = (group_uuid, group_task_count);
+        Ok(false)
+    }
+
     /// Delete a task's state.
     ///
     /// # Errors

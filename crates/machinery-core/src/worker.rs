@@ -726,9 +726,17 @@ impl Runner {
             Ok(done) => done,
             Err(Error::NotFound(_)) => {
                 // A group this backend never recorded (e.g. sent by a Go producer whose
-                // backend keeps no group meta): nothing to track; do not requeue forever.
-                warn!(group = %sig.group_uuid, "group unknown to the result backend; its chord cannot be tracked here");
-                return Ok(());
+                // backend keeps no group meta): the backend may track it from what the
+                // member carries; otherwise nothing to track; do not requeue forever.
+                let count = usize::try_from(sig.group_task_count).unwrap_or(0);
+                if backend.adopt_group(&sig.group_uuid, count).await? {
+                    backend
+                        .mark_group_member_done(&sig.group_uuid, &sig.uuid)
+                        .await?
+                } else {
+                    warn!(group = %sig.group_uuid, "group unknown to the result backend; its chord cannot be tracked here");
+                    return Ok(());
+                }
             }
             Err(e) => return Err(e),
         };
