@@ -409,6 +409,21 @@ mod tests {
     }
 
     #[test]
+    fn go_environment_names() {
+        let go = machinery_core::Config::from_env_with(|k| match k {
+            "TASK_STATES_TABLE" => Some("env_states".to_owned()),
+            "GROUP_METAS_TABLE" => Some("env_groups".to_owned()),
+            "DYNAMODB_CREATE_TABLES" => Some("true".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let cfg = DynamoConfig::from_machinery("dynamodb://", &go);
+        assert_eq!(cfg.task_states_table, "env_states");
+        assert_eq!(cfg.group_metas_table, "env_groups");
+        assert!(cfg.create_tables);
+    }
+
+    #[test]
     fn from_machinery_uses_go_names() {
         let mut go = machinery_core::Config {
             results_expire_in: 60,

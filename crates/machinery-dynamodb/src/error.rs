@@ -51,3 +51,42 @@ where
     let message = format!("{}: {}", what.into(), DisplayErrorContext(&e));
     Error::backend(DRIVER, message, temporary, e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::get_item::GetItemError;
+    use aws_smithy_types::body::SdkBody;
+
+    fn service_error(code: &str, status: u16) -> SdkError<GetItemError, HttpResponse> {
+        let err = GetItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
+        let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn throttling_and_5xx_are_temporary_the_rest_permanent() {
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+        ] {
+            let e = map("read", service_error(code, 400));
+            assert!(e.is_temporary(), "{code}");
+            assert!(e.to_string().contains(code), "{e}");
+        }
+        assert!(map("read", service_error("InternalServerError", 500)).is_temporary());
+        assert!(map("read", service_error("Whatever", 503)).is_temporary());
+        for code in [
+            "ValidationException",
+            "ResourceNotFoundException",
+            "AccessDeniedException",
+        ] {
+            assert!(
+                !map("read", service_error(code, 400)).is_temporary(),
+                "{code}"
+            );
+        }
+    }
+}
