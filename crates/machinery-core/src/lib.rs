@@ -27,7 +27,9 @@ pub use config::{Config, LiveConfig, redact_url};
 pub use error::{BoxError, Error, Result, TaskError};
 pub use memory::{DeadLetter, MemoryBackend, MemoryBroker, MemoryLock};
 pub use server::{IntoBackend, IntoBroker, Server};
-pub use signature::{Arg, Headers, Signature, new_chord_uuid, new_group_uuid, new_task_uuid};
+pub use signature::{
+    Arg, Headers, MAX_JSON_NESTING, Signature, new_chord_uuid, new_group_uuid, new_task_uuid,
+};
 pub use state::{GroupMeta, State, TaskResult, TaskState};
 pub use task::{Task, TaskContext, TaskOptions, Variadic, task};
 pub use time::Timestamp;

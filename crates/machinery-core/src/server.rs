@@ -387,10 +387,12 @@ impl Server {
     /// # Errors
     /// As [`Server::send_task`].
     pub async fn send_chain(&self, chain: Chain) -> Result<ChainAsyncResult> {
+        // One handle per link, each without the rest of the chain: cloning every link with
+        // its tail would be quadratic in the chain's length.
         let mut sigs = Vec::with_capacity(chain.task_uuids.len());
         let mut cur = Some(&chain.head);
         while let Some(s) = cur {
-            sigs.push(s.clone());
+            sigs.push(s.without_follow_ups());
             cur = s.on_success.first();
         }
         self.send_task(chain.head).await?;

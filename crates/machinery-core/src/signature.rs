@@ -150,7 +150,11 @@ impl<'de> serde::Deserialize<'de> for Arg {
 /// A task message: what to run, with which arguments, and what follows it.
 ///
 /// Field order and JSON names are Go Machinery's `tasks.Signature`; see WIRE.md section 1.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+///
+/// Every operation on a signature (decode, encode, clone, compare, drop, `Debug`) works at
+/// any nesting depth without overflowing the thread's stack: a chain of 10 000 links is
+/// 10 000 nested `OnSuccess` levels.
+#[derive(Default, Serialize)]
 pub struct Signature {
     /// `task_<uuid4>` (or `chord_<uuid4>` for chord callbacks); generated when empty.
     #[serde(rename = "UUID")]
@@ -195,7 +199,7 @@ pub struct Signature {
     #[serde(rename = "OnError", serialize_with = "nil_if_empty")]
     pub on_error: Vec<Signature>,
     /// The chord callback, embedded in every member of a chord's group.
-    #[serde(rename = "ChordCallback")]
+    #[serde(rename = "ChordCallback", serialize_with = "grow_opt")]
     pub chord_callback: Option<Box<Signature>>,
     /// SQS FIFO MessageGroupId.
     #[serde(rename = "BrokerMessageGroupId")]
@@ -218,7 +222,141 @@ fn nil_if_empty<S: serde::Serializer, T: Serialize>(
     if v.is_empty() {
         s.serialize_none()
     } else {
-        v.serialize(s)
+        grow(|| v.serialize(s))
+    }
+}
+
+fn grow_opt<S: serde::Serializer>(
+    v: &Option<Box<Signature>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match v {
+        None => s.serialize_none(),
+        Some(v) => grow(|| v.serialize(s)),
+    }
+}
+
+/// JSON nesting accepted in a task message: a chain of 10 000 links nests about 20 000
+/// levels (an object and its `OnSuccess` array per link). Go's decoder stops at 10 000
+/// levels; deeper messages are malformed here, with the depth in the reason.
+pub const MAX_JSON_NESTING: usize = 20_100;
+
+/// Run `f` on a stack with at least 64 KiB left, switching to a new 1 MiB heap segment when
+/// the thread's own stack runs low: recursion over nested signatures never overflows.
+pub(crate) fn grow<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(64 * 1024, 1024 * 1024, f)
+}
+
+/// The deepest nesting of arrays and objects in JSON text (strings are skipped).
+pub(crate) fn json_nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+impl Clone for Signature {
+    fn clone(&self) -> Self {
+        grow(|| Signature {
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            routing_key: self.routing_key.clone(),
+            eta: self.eta,
+            group_uuid: self.group_uuid.clone(),
+            group_task_count: self.group_task_count,
+            args: self.args.clone(),
+            headers: self.headers.clone(),
+            priority: self.priority,
+            immutable: self.immutable,
+            retry_count: self.retry_count,
+            retry_timeout: self.retry_timeout,
+            on_success: self.on_success.clone(),
+            on_error: self.on_error.clone(),
+            chord_callback: self.chord_callback.clone(),
+            broker_message_group_id: self.broker_message_group_id.clone(),
+            sqs_receipt_handle: self.sqs_receipt_handle.clone(),
+            stop_task_deletion_on_error: self.stop_task_deletion_on_error,
+            ignore_when_task_not_registered: self.ignore_when_task_not_registered,
+        })
+    }
+}
+
+impl PartialEq for Signature {
+    fn eq(&self, other: &Self) -> bool {
+        self.uuid == other.uuid
+            && self.name == other.name
+            && self.routing_key == other.routing_key
+            && self.eta == other.eta
+            && self.group_uuid == other.group_uuid
+            && self.group_task_count == other.group_task_count
+            && self.args == other.args
+            && self.headers == other.headers
+            && self.priority == other.priority
+            && self.immutable == other.immutable
+            && self.retry_count == other.retry_count
+            && self.retry_timeout == other.retry_timeout
+            && self.broker_message_group_id == other.broker_message_group_id
+            && self.sqs_receipt_handle == other.sqs_receipt_handle
+            && self.stop_task_deletion_on_error == other.stop_task_deletion_on_error
+            && self.ignore_when_task_not_registered == other.ignore_when_task_not_registered
+            && grow(|| {
+                self.on_success == other.on_success
+                    && self.on_error == other.on_error
+                    && self.chord_callback == other.chord_callback
+            })
+    }
+}
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        grow(|| {
+            f.debug_struct("Signature")
+                .field("uuid", &self.uuid)
+                .field("name", &self.name)
+                .field("routing_key", &self.routing_key)
+                .field("eta", &self.eta)
+                .field("group_uuid", &self.group_uuid)
+                .field("group_task_count", &self.group_task_count)
+                .field("args", &self.args)
+                .field("headers", &self.headers)
+                .field("priority", &self.priority)
+                .field("immutable", &self.immutable)
+                .field("retry_count", &self.retry_count)
+                .field("retry_timeout", &self.retry_timeout)
+                .field("on_success", &self.on_success)
+                .field("on_error", &self.on_error)
+                .field("chord_callback", &self.chord_callback)
+                .field("broker_message_group_id", &self.broker_message_group_id)
+                .field("sqs_receipt_handle", &self.sqs_receipt_handle)
+                .field(
+                    "stop_task_deletion_on_error",
+                    &self.stop_task_deletion_on_error,
+                )
+                .field(
+                    "ignore_when_task_not_registered",
+                    &self.ignore_when_task_not_registered,
+                )
+                .finish()
+        })
     }
 }
 
@@ -361,9 +499,28 @@ impl Signature {
                 });
             }
         }
-        let sig: Signature =
-            serde_json::from_slice(bytes).map_err(|e| Error::decode("signature", e))?;
-        Ok(sig)
+        let depth = json_nesting(bytes);
+        if depth <= 100 {
+            // The common case: serde_json's own limit (128) is never reached.
+            return serde_json::from_slice(bytes).map_err(|e| Error::decode("signature", e));
+        }
+        if depth > MAX_JSON_NESTING {
+            return Err(Error::Decode {
+                what: "signature",
+                message: format!(
+                    "JSON nested {depth} levels deep; at most {MAX_JSON_NESTING} are accepted \
+                     (a chain of 10 000 links)"
+                ),
+            });
+        }
+        // A long chain: no recursion limit, and the stack grows on the heap as needed.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        de.disable_recursion_limit();
+        let sig =
+            grow(|| serde::Deserialize::deserialize(serde_stacker::Deserializer::new(&mut de)))
+                .map_err(|e| Error::decode("signature", e))?;
+        de.end().map_err(|e| Error::decode("signature", e))?;
+        check_header_nesting(sig)
     }
 
     /// Check that this signature and every signature it carries (`OnSuccess`, `OnError`,
@@ -393,9 +550,111 @@ impl Signature {
         Ok(())
     }
 
+    /// A copy without `OnSuccess`, `OnError` and `ChordCallback` (cheap at any chain length).
+    pub fn without_follow_ups(&self) -> Signature {
+        Signature {
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            routing_key: self.routing_key.clone(),
+            eta: self.eta,
+            group_uuid: self.group_uuid.clone(),
+            group_task_count: self.group_task_count,
+            args: self.args.clone(),
+            headers: self.headers.clone(),
+            priority: self.priority,
+            immutable: self.immutable,
+            retry_count: self.retry_count,
+            retry_timeout: self.retry_timeout,
+            on_success: Vec::new(),
+            on_error: Vec::new(),
+            chord_callback: None,
+            broker_message_group_id: self.broker_message_group_id.clone(),
+            sqs_receipt_handle: self.sqs_receipt_handle.clone(),
+            stop_task_deletion_on_error: self.stop_task_deletion_on_error,
+            ignore_when_task_not_registered: self.ignore_when_task_not_registered,
+        }
+    }
+
     /// The ETA if it is in the future.
     pub fn future_eta(&self) -> Option<Timestamp> {
         self.eta.filter(|eta| *eta > crate::time::now())
+    }
+}
+
+/// Header values nested deeper than this are refused: `serde_json::Value` clones, encodes
+/// and drops recursively, so only the signature structure itself may be deep.
+const MAX_HEADER_NESTING: usize = 64;
+
+/// Refuse a (deeply nested) signature whose header values nest too deep, taking it apart
+/// without recursion.
+fn check_header_nesting(mut sig: Signature) -> Result<Signature> {
+    let mut too_deep = None;
+    {
+        let mut stack: Vec<&Signature> = vec![&sig];
+        while let Some(s) = stack.pop() {
+            if let Some(h) = &s.headers
+                && let Some((k, _)) = h
+                    .iter()
+                    .find(|(_, v)| value_nesting(v) > MAX_HEADER_NESTING)
+            {
+                too_deep = Some(format!("header {k:?} of task {} ({})", s.name, s.uuid));
+                break;
+            }
+            stack.extend(s.on_success.iter());
+            stack.extend(s.on_error.iter());
+            stack.extend(s.chord_callback.as_deref());
+        }
+    }
+    let Some(what) = too_deep else {
+        return Ok(sig);
+    };
+    let mut stack: Vec<&mut Signature> = vec![&mut sig];
+    while let Some(s) = stack.pop() {
+        if let Some(h) = s.headers.take() {
+            h.into_values().for_each(drop_value);
+        }
+        let Signature {
+            on_success,
+            on_error,
+            chord_callback,
+            ..
+        } = s;
+        stack.extend(on_success.iter_mut());
+        stack.extend(on_error.iter_mut());
+        stack.extend(chord_callback.as_deref_mut());
+    }
+    Err(Error::Decode {
+        what: "signature",
+        message: format!("{what} is nested more than {MAX_HEADER_NESTING} levels deep"),
+    })
+}
+
+/// Nesting depth of a JSON value, without recursion.
+fn value_nesting(v: &serde_json::Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            serde_json::Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            serde_json::Value::Object(m) => stack.extend(m.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Drop a JSON value without recursion.
+fn drop_value(v: serde_json::Value) {
+    let mut stack = vec![v];
+    while let Some(mut v) = stack.pop() {
+        match &mut v {
+            serde_json::Value::Array(a) => stack.append(a),
+            serde_json::Value::Object(m) => {
+                stack.extend(std::mem::take(m).into_iter().map(|(_, x)| x));
+            }
+            _ => {}
+        }
     }
 }
 

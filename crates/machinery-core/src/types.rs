@@ -133,6 +133,14 @@ impl GoValue {
             )));
         };
         let raw = value.get().trim();
+        // No supported type nests deeper than an array; the parser below recurses, so a
+        // deeply nested value from the wire is refused before it is parsed.
+        if crate::signature::json_nesting(raw.as_bytes()) > 32 {
+            return Err(ArgError::new(format!(
+                "{} is not {type_name}: nested too deep",
+                shorten(raw)
+            )));
+        }
         let json = Json::parse(raw)?;
         if slice {
             decode_slice(type_name, elem, &json, raw)
