@@ -132,7 +132,9 @@ pub struct RedisSettings {
     pub max_idle: i64,
     /// Connection limit, 0 = none. Default 0. Env `REDIS_MAX_ACTIVE`.
     pub max_active: i64,
-    /// Seconds before an idle connection closes. Default 240. Env `REDIS_IDLE_TIMEOUT`.
+    /// Seconds before an idle connection closes. Default 240. YAML `idle_timeout` or Go's
+    /// `max_idle_timeout`, env `REDIS_IDLE_TIMEOUT`.
+    #[serde(alias = "max_idle_timeout")]
     pub idle_timeout: i64,
     /// Wait for a free connection. Default true. Env `REDIS_WAIT`.
     pub wait: bool,
@@ -152,7 +154,9 @@ pub struct RedisSettings {
     pub delayed_tasks_key: String,
     /// Sentinel master name. Env `REDIS_MASTER_NAME`.
     pub master_name: String,
-    /// Use Redis Cluster. Env `REDIS_CLUSTER_MODE`.
+    /// Use Redis Cluster. YAML `cluster_mode` or Go's `cluster_enabled`, env
+    /// `REDIS_CLUSTER_MODE`.
+    #[serde(alias = "cluster_enabled")]
     pub cluster_mode: bool,
 }
 
@@ -334,12 +338,213 @@ fn parse_kv_map(key: &str, value: &str) -> Result<BTreeMap<String, serde_json::V
         let (k, v) = pair
             .split_once(':')
             .ok_or_else(|| Error::config(key, format!("expected k1:v1,k2:v2, got {pair:?}")))?;
-        map.insert(
-            k.trim().to_owned(),
-            serde_json::Value::String(v.trim().to_owned()),
-        );
+        map.insert(k.trim().to_owned(), typed_env_value(v.trim()));
     }
     Ok(map)
+}
+
+/// A value from a `k1:v1,k2:v2` variable keeps its type, as it would in YAML: `10` is an
+/// integer (RabbitMQ refuses `x-max-priority` as a string), `1.5` a float, `true` / `false`
+/// booleans; `"10"` in double quotes stays the string `10`; anything else is a string.
+fn typed_env_value(v: &str) -> serde_json::Value {
+    if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        return serde_json::Value::String(inner.to_owned());
+    }
+    if let Ok(i) = v.parse::<i64>() {
+        return i.into();
+    }
+    if let Ok(u) = v.parse::<u64>() {
+        return u.into();
+    }
+    match v {
+        "true" => return true.into(),
+        "false" => return false.into(),
+        _ => {}
+    }
+    if let Ok(f) = v.parse::<f64>()
+        && f.is_finite()
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+    {
+        return f.into();
+    }
+    serde_json::Value::String(v.to_owned())
+}
+
+/// Every YAML key we read, by section (`""` is the top level). The maps under
+/// `amqp.queue_declare_args` and `amqp.queue_binding_args` take any key.
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "broker",
+            "lock",
+            "multiple_broker_separator",
+            "default_queue",
+            "result_backend",
+            "results_expire_in",
+            "amqp",
+            "sqs",
+            "redis",
+            "dynamodb",
+            "mongodb",
+            "no_unix_signals",
+            "worker",
+        ],
+    ),
+    (
+        "amqp",
+        &[
+            "exchange",
+            "exchange_type",
+            "queue_declare_args",
+            "queue_binding_args",
+            "binding_key",
+            "prefetch_count",
+            "auto_delete",
+            "delayed_queue",
+        ],
+    ),
+    (
+        "sqs",
+        &["receive_wait_time_seconds", "receive_visibility_timeout"],
+    ),
+    (
+        "redis",
+        &[
+            "max_idle",
+            "max_active",
+            "idle_timeout",
+            "max_idle_timeout",
+            "wait",
+            "read_timeout",
+            "write_timeout",
+            "connect_timeout",
+            "normal_tasks_poll_period",
+            "delayed_tasks_poll_period",
+            "delayed_tasks_key",
+            "client_name",
+            "master_name",
+            "cluster_mode",
+            "cluster_enabled",
+        ],
+    ),
+    ("dynamodb", &["task_states_table", "group_metas_table"]),
+    ("mongodb", &["database"]),
+    (
+        "worker",
+        &[
+            "unknown_task_delay_ms",
+            "unknown_task_max_attempts",
+            "unknown_task_max_wait_secs",
+            "retry_later_max_attempts",
+            "task_timeout",
+            "chord_error_callbacks",
+        ],
+    ),
+];
+
+/// Go keys that are accepted so that a Go config file loads, but change nothing here (the
+/// Redis driver manages its own connections).
+pub const UNUSED_GO_KEYS: &[&str] = &[
+    "redis.max_idle",
+    "redis.max_active",
+    "redis.idle_timeout",
+    "redis.max_idle_timeout",
+    "redis.wait",
+    "redis.write_timeout",
+    "redis.client_name",
+];
+
+/// The environment variables of [`UNUSED_GO_KEYS`].
+const UNUSED_GO_ENV: &[&str] = &[
+    "REDIS_MAX_IDLE",
+    "REDIS_MAX_ACTIVE",
+    "REDIS_IDLE_TIMEOUT",
+    "REDIS_WAIT",
+    "REDIS_WRITE_TIMEOUT",
+    "REDIS_CLIENT_NAME",
+];
+
+/// Levenshtein distance (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Check the keys of a YAML document: an unknown key is an error naming it and the nearest
+/// known key; the Go keys that change nothing here are returned (dotted paths).
+///
+/// # Errors
+/// [`Error::Config`] naming the unknown key.
+pub fn check_yaml_keys(yaml: &str) -> Result<Vec<String>> {
+    let doc: serde_json::Value = serde_saphyr::from_str(yaml).map_err(|e| {
+        let msg = e.to_string();
+        Error::config(yaml_key_of(&msg), msg)
+    })?;
+    let mut unused = Vec::new();
+    let serde_json::Value::Object(top) = &doc else {
+        return Ok(unused);
+    };
+    let mut sections: Vec<(&str, &serde_json::Map<String, serde_json::Value>)> = vec![("", top)];
+    while let Some((section, map)) = sections.pop() {
+        let known = KNOWN_KEYS
+            .iter()
+            .find(|(s, _)| *s == section)
+            .map_or(&[][..], |(_, k)| *k);
+        for (key, value) in map {
+            let path = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
+            if !known.contains(&key.as_str()) {
+                let nearest = known
+                    .iter()
+                    .min_by_key(|k| edit_distance(key, k))
+                    .filter(|k| edit_distance(key, k) <= (k.len() / 2).max(2));
+                let hint = match nearest {
+                    Some(n) => format!(
+                        "did you mean `{}`?",
+                        if section.is_empty() {
+                            (*n).to_owned()
+                        } else {
+                            format!("{section}.{n}")
+                        }
+                    ),
+                    None => format!("known keys here: {}", known.join(", ")),
+                };
+                return Err(Error::config(
+                    path,
+                    format!("unknown configuration key ({hint})"),
+                ));
+            }
+            if UNUSED_GO_KEYS.contains(&path.as_str()) {
+                unused.push(path.clone());
+            }
+            if section.is_empty()
+                && let serde_json::Value::Object(inner) = value
+                && KNOWN_KEYS.iter().any(|(s, _)| *s == key.as_str())
+            {
+                let name = KNOWN_KEYS
+                    .iter()
+                    .find(|(s, _)| *s == key.as_str())
+                    .map_or("", |(s, _)| *s);
+                sections.push((name, inner));
+            }
+        }
+    }
+    unused.sort();
+    Ok(unused)
 }
 
 impl Config {
@@ -356,6 +561,18 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the variable whose value does not parse.
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let unused: Vec<&str> = UNUSED_GO_ENV
+            .iter()
+            .copied()
+            .filter(|k| lookup(k).is_some())
+            .collect();
+        if !unused.is_empty() {
+            tracing::warn!(
+                variables = %unused.join(", "),
+                "environment variables accepted for Go compatibility have no effect here: {}",
+                unused.join(", ")
+            );
+        }
         let mut c = Config::default();
         macro_rules! set {
             ($key:literal, $field:expr, str) => {
@@ -457,6 +674,14 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the key (and line) that is wrong.
     pub fn from_yaml_str(yaml: &str) -> Result<Config> {
+        let unused = check_yaml_keys(yaml)?;
+        if !unused.is_empty() {
+            tracing::warn!(
+                keys = %unused.join(", "),
+                "configuration keys accepted for Go compatibility have no effect here: {}",
+                unused.join(", ")
+            );
+        }
         let c: Config = serde_saphyr::from_str(yaml).map_err(|e| {
             let msg = e.to_string();
             // serde-saphyr names the field path in its message; keep it whole.
@@ -664,6 +889,111 @@ mod tests {
         assert!(err.to_string().contains("results_expire_in"), "{err}");
         let err = Config::from_yaml_str("default_queue: ''\n").unwrap_err();
         assert!(err.to_string().contains("default_queue"), "{err}");
+    }
+
+    #[test]
+    fn unknown_yaml_keys_are_errors_naming_the_nearest_key() {
+        let err = Config::from_yaml_str("brokr: redis://localhost:6379\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("`brokr`") && text.contains("did you mean `broker`?"),
+            "{text}"
+        );
+        let err = Config::from_yaml_str("redis:\n  delayed_task_key: x\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("redis.delayed_task_key")
+                && text.contains("did you mean `redis.delayed_tasks_key`?"),
+            "{text}"
+        );
+        let err = Config::from_yaml_str("worker:\n  zzzzzzzzzzzz: 1\n").unwrap_err();
+        assert!(err.to_string().contains("known keys here"), "{err}");
+        // Free-form maps take any key.
+        let c = Config::from_yaml_str("amqp:\n  queue_declare_args:\n    x-anything: 1\n").unwrap();
+        assert_eq!(c.amqp.queue_declare_args["x-anything"], 1);
+    }
+
+    #[test]
+    fn go_keys_that_change_nothing_are_named_once() {
+        let yaml = "redis:\n  max_idle: 5\n  max_idle_timeout: 30\n  wait: true\n  cluster_enabled: true\n  read_timeout: 3\n";
+        assert_eq!(
+            check_yaml_keys(yaml).unwrap(),
+            ["redis.max_idle", "redis.max_idle_timeout", "redis.wait"]
+        );
+        // Go's YAML names are read into our fields.
+        let c = Config::from_yaml_str(yaml).unwrap();
+        assert_eq!(c.redis.idle_timeout, 30);
+        assert!(c.redis.cluster_mode);
+        // One warning line naming them all.
+        let out = capture_logs(|| {
+            Config::from_yaml_str(yaml).unwrap();
+        });
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("have no effect"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        assert!(
+            lines[0].contains("redis.max_idle, redis.max_idle_timeout, redis.wait"),
+            "{out}"
+        );
+        let out = capture_logs(|| {
+            Config::from_env_with(|k| (k == "REDIS_MAX_ACTIVE").then(|| "9".into())).unwrap();
+        });
+        assert_eq!(out.matches("have no effect").count(), 1, "{out}");
+        assert!(out.contains("REDIS_MAX_ACTIVE"), "{out}");
+        let out = capture_logs(|| {
+            Config::from_yaml_str("broker: redis://h:1\n").unwrap();
+        });
+        assert!(!out.contains("have no effect"), "{out}");
+    }
+
+    fn capture_logs(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let b2 = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || b2.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn typed_values_from_the_environment_keep_their_type() {
+        let c = Config::from_env_with(|k| {
+            (k == "AMQP_QUEUE_DECLARE_ARGS").then(|| {
+                "x-max-priority:10,x-queue-type:quorum,x-lazy:true,x-ratio:0.5,x-id:\"10\"".into()
+            })
+        })
+        .unwrap();
+        let args = &c.amqp.queue_declare_args;
+        assert_eq!(args["x-max-priority"], serde_json::json!(10));
+        assert!(args["x-max-priority"].is_i64());
+        assert_eq!(args["x-queue-type"], serde_json::json!("quorum"));
+        assert_eq!(args["x-lazy"], serde_json::json!(true));
+        assert_eq!(args["x-ratio"], serde_json::json!(0.5));
+        assert_eq!(args["x-id"], serde_json::json!("10"));
+        // The same as YAML gives.
+        let y = Config::from_yaml_str("amqp:\n  queue_declare_args:\n    x-max-priority: 10\n")
+            .unwrap();
+        assert_eq!(
+            y.amqp.queue_declare_args["x-max-priority"],
+            args["x-max-priority"]
+        );
     }
 
     #[test]
