@@ -121,6 +121,16 @@ pub struct SqsSettings {
     /// env `SQS_VISIBILITY_TIMEOUT`.
     #[serde(rename = "receive_visibility_timeout")]
     pub visibility_timeout: Option<i64>,
+    /// Extend the visibility of running tasks (Go's `VisibilityHeartBeat`; machinery-sqs
+    /// always does). YAML `visibility_hearth_beat` (sic), env `SQS_VISIBILITY_HEARTH_BEAT`.
+    pub visibility_hearth_beat: bool,
+    /// machinery-rs: where SQS requests go (moto, LocalStack); empty = the AWS SDK's choice
+    /// (`AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL`). YAML `endpoint_url`, env
+    /// `SQS_ENDPOINT_URL`.
+    pub endpoint_url: String,
+    /// machinery-rs: create missing queues on first use. YAML `create_queues`, env
+    /// `SQS_CREATE_QUEUES`.
+    pub create_queues: bool,
 }
 
 /// Redis settings (Go's `RedisConfig`). Durations are in seconds unless named `_period`
@@ -621,6 +631,13 @@ impl Config {
         set!("AMQP_DELAYED_QUEUE", c.amqp.delayed_queue, str);
         set!("SQS_WAIT_TIME_SECONDS", c.sqs.wait_time_seconds);
         set!("SQS_VISIBILITY_TIMEOUT", c.sqs.visibility_timeout, opt);
+        set!(
+            "SQS_VISIBILITY_HEARTH_BEAT",
+            c.sqs.visibility_hearth_beat,
+            bool
+        );
+        set!("SQS_ENDPOINT_URL", c.sqs.endpoint_url, str);
+        set!("SQS_CREATE_QUEUES", c.sqs.create_queues, bool);
         set!("REDIS_MAX_IDLE", c.redis.max_idle);
         set!("REDIS_MAX_ACTIVE", c.redis.max_active);
         set!("REDIS_IDLE_TIMEOUT", c.redis.idle_timeout);

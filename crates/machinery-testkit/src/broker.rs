@@ -589,7 +589,13 @@ pub async fn undecodable_body_surfaces_as_malformed_delivery(factory: impl Broke
         return;
     };
     let q = h.queue("malformed");
-    let body = b"{\"UUID\": \"task_broken\", not json at all \xff".to_vec();
+    let body = if h.under_test.text_bodies_only() {
+        "{\"UUID\": \"task_broken\", not json at all \u{ff}"
+            .as_bytes()
+            .to_vec()
+    } else {
+        b"{\"UUID\": \"task_broken\", not json at all \xff".to_vec()
+    };
     h.under_test
         .inject_raw(&q, &body)
         .await

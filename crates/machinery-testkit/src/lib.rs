@@ -145,6 +145,13 @@ pub trait BrokerUnderTest: Send + Sync {
     /// The durations the cases wait for with this driver.
     fn timing(&self) -> Timing;
 
+    /// Whether the broker carries only text (SQS: a body is XML-safe Unicode), so that a
+    /// foreign producer cannot write invalid UTF-8 there: the malformed-body case then
+    /// injects text that is not a signature instead of arbitrary bytes. Default false.
+    fn text_bodies_only(&self) -> bool {
+        false
+    }
+
     /// Remove everything the case created under its namespace (queues, delayed set, dead
     /// letters). Called at the end of a case that passed; may be a no-op.
     async fn teardown(&self) -> Result<()>;

@@ -19,7 +19,8 @@ fn scheme_of(url: &str) -> &str {
     feature = "amqp",
     feature = "mongo",
     feature = "dynamodb",
-    feature = "memcache"
+    feature = "memcache",
+    feature = "sqs"
 )))]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::UnknownScheme {
@@ -41,7 +42,7 @@ fn unknown(scheme: &str, kind: &str, url: &str) -> Error {
     Error::UnknownScheme {
         scheme: scheme.to_owned(),
         hint: format!(
-            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://, https://dynamodb.<region>.amazonaws.com, dynamodb://, dynamodb+http(s)://, memcache://",
+            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://, https://dynamodb.<region>.amazonaws.com, dynamodb://, dynamodb+http(s)://, memcache://, https://sqs.<region>.amazonaws.com/<account>, sqs+http(s)://",
             redact_url(url)
         ),
     }
@@ -61,8 +62,12 @@ pub async fn broker_from_url(url: &str, config: &Config) -> Result<Arc<dyn Broke
         ))),
         "redis" | "rediss" | "redis+socket" | "unix" => redis_broker(url, config).await,
         "amqp" | "amqps" => amqp_broker(url, config).await,
-        "https" | "http" if url.contains("sqs") => Err(not_available(scheme, "sqs")),
-        "sqs" => Err(not_available(scheme, "sqs")),
+        // Go: a broker starting with `https://sqs` is the SQS queue URL prefix; `sqs+http://`
+        // names a local SQS (moto, LocalStack) the same way.
+        "https" | "http" if url.starts_with("https://sqs") || url.starts_with("http://sqs") => {
+            sqs_broker(url, config).await
+        }
+        "sqs+http" | "sqs+https" => sqs_broker(url, config).await,
         "gcppubsub" => Err(not_available(scheme, "gcp-pubsub")),
         _ => Err(unknown(scheme, "broker", url)),
     }
@@ -188,6 +193,19 @@ async fn mongo_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> 
     Err(feature_off(scheme_of(url), "mongo"))
 }
 
+#[cfg(feature = "sqs")]
+async fn sqs_broker(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
+    Ok(Arc::new(
+        machinery_sqs::SqsBroker::connect(machinery_sqs::SqsConfig::from_machinery(url, config))
+            .await?,
+    ))
+}
+
+#[cfg(not(feature = "sqs"))]
+async fn sqs_broker(url: &str, _config: &Config) -> Result<Arc<dyn Broker>> {
+    Err(feature_off(scheme_of(url), "sqs"))
+}
+
 #[cfg(feature = "amqp")]
 async fn amqp_broker(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
     Ok(Arc::new(
@@ -276,7 +294,7 @@ mod tests {
             .to_string();
         assert!(err.contains("kafka"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = broker_from_url("sqs://h/q", &c)
+        let err = broker_from_url("gcppubsub://h/q", &c)
             .await
             .unwrap_err()
             .to_string();
@@ -334,6 +352,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`amqp` cargo feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "sqs"))]
+    #[tokio::test]
+    async fn disabled_sqs_feature_is_named() {
+        let err = broker_from_url(
+            "https://sqs.us-east-1.amazonaws.com/123456789012",
+            &Config::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`sqs` cargo feature"), "{err}");
+    }
+
+    #[cfg(feature = "sqs")]
+    #[tokio::test]
+    async fn sqs_urls_select_the_sqs_broker() {
+        for url in [
+            "https://sqs.us-east-1.amazonaws.com/123456789012",
+            "sqs+http://127.0.0.1:4566/123456789012",
+        ] {
+            let b = broker_from_url(url, &Config::default()).await.unwrap();
+            assert_eq!(b.driver(), "sqs", "{url}");
+            assert_eq!(b.default_routing_key(), "machinery_tasks");
+        }
     }
 
     #[cfg(not(feature = "mongo"))]

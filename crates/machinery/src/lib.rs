@@ -25,3 +25,7 @@ pub use machinery_mongo as mongo;
 /// The DynamoDB result backend (feature `dynamodb`).
 #[cfg(feature = "dynamodb")]
 pub use machinery_dynamodb as dynamodb;
+
+/// The AWS SQS broker (feature `sqs`).
+#[cfg(feature = "sqs")]
+pub use machinery_sqs as sqs;
