@@ -536,10 +536,10 @@ impl Inner {
                     Ok(j) => Some(j),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(j) => j,
-                            Err(_) => None,
-                        }
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
                     }
                 };
                 let Some(j) = next else { break };

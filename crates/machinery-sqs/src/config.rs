@@ -233,8 +233,10 @@ mod tests {
 
     #[test]
     fn machinery_config_keys() {
-        let mut m = machinery_core::Config::default();
-        m.default_queue = "q1".into();
+        let mut m = machinery_core::Config {
+            default_queue: "q1".into(),
+            ..machinery_core::Config::default()
+        };
         m.sqs.wait_time_seconds = 0;
         m.sqs.visibility_timeout = Some(30);
         let c = SqsConfig::from_machinery("https://sqs.us-east-1.amazonaws.com/1", &m);
