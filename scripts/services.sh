@@ -130,6 +130,7 @@ export MACHINERY_TEST_MEMCACHE_URL=memcache://127.0.0.1:$MEMCACHED_PORT
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
 export MACHINERY_TEST_DYNAMODB_URL=dynamodb+http://test:test@127.0.0.1:$MOTO_PORT?region=us-east-1
+export MACHINERY_TEST_SQS_URL=http://127.0.0.1:$MOTO_PORT/123456789012
 ENV
   log "wrote $SVC_DIR/env.sh"
 }
