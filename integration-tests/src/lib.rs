@@ -400,6 +400,39 @@ pub async fn chord_member_failure_is_reported(env: &Env) {
     finish(w).await;
 }
 
+/// A task no worker knows ends FAILURE "task X is not registered" once its attempts are used
+/// up (Go requeues it forever), and one sent with `IgnoreWhenTaskNotRegistered` ends FAILURE
+/// at once instead of staying PENDING.
+pub async fn unregistered_task_ends_in_failure(env: &Env) {
+    let mut config = env.config.clone();
+    config.worker.unknown_task_delay_ms = 50;
+    config.worker.unknown_task_max_attempts = 3;
+    let server = Server::new(config, Arc::clone(&env.broker), Arc::clone(&env.backend));
+    example_tasks::register(&server).unwrap();
+    let w = server
+        .new_worker("unregistered", 2)
+        .no_unix_signals()
+        .launch();
+    for ignore in [false, true] {
+        let r = server
+            .send_task(Signature::new("nobody_knows").ignore_when_not_registered(ignore))
+            .await
+            .unwrap();
+        let err = r
+            .get_with_timeout(TIMEOUT, Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::TaskFailed(m) if m.contains("task nobody_knows is not registered")),
+            "ignore={ignore}: {err:?}"
+        );
+    }
+    // The worker goes on.
+    let r = server.send_task(add(1, 2)).await.unwrap();
+    assert_eq!(r.get_as::<i64>(TIMEOUT).await.unwrap(), 3);
+    finish(w).await;
+}
+
 async fn finish(w: WorkerHandle) {
     w.quit();
     tokio::time::timeout(Duration::from_secs(30), w.join())
@@ -426,6 +459,7 @@ macro_rules! integration_suite {
         $crate::__scenario!($factory, retry_later);
         $crate::__scenario!($factory, wrong_argument_types);
         $crate::__scenario!($factory, chord_member_failure_is_reported);
+        $crate::__scenario!($factory, unregistered_task_ends_in_failure);
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn send_group_unlimited_concurrency() {
