@@ -206,6 +206,15 @@ fn adds(n: usize) -> Vec<Signature> {
         .collect()
 }
 
+/// Commands the MongoDB backends of this process have sent so far (each a round trip,
+/// counted by the driver from the client's command events), when the backend is MongoDB.
+fn backend_round_trips(config: &Config) -> Option<u64> {
+    config
+        .result_backend
+        .starts_with("mongodb")
+        .then(machinery::mongo::round_trips)
+}
+
 fn header(config: &Config, args: &BenchArgs) {
     println!(
         "# broker {} | backend {} | worker concurrency {} | send concurrency {} | {} cores",
@@ -282,11 +291,13 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
     let w = p.launch(args.concurrency);
     let sigs = adds(args.n);
     let sample = sample_uuids(&sigs);
+    let trips_before = backend_round_trips(config);
     let start = Instant::now();
     p.send_many(sigs, args.send_concurrency).await?;
     let sent = start.elapsed();
     p.wait_done(args.n, Duration::from_secs(600)).await?;
     let total = start.elapsed();
+    let trips = trips_before.zip(backend_round_trips(config));
     w.quit();
     w.join().await?;
     verify_sample(&p.sender, &sample).await?;
@@ -299,6 +310,13 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
         args.n as f64 / sent.as_secs_f64(),
         p.done.extra_runs()
     );
+    if let Some((before, after)) = trips {
+        println!(
+            "e2e: {} backend round trips = {:.2} per completed task (sender and worker)",
+            after - before,
+            (after - before) as f64 / args.n as f64
+        );
+    }
     Ok(())
 }
 
@@ -434,9 +452,16 @@ async fn chord(config: &Config, args: &BenchArgs) -> Result<()> {
         let w = p.launch(args.concurrency);
         let members: Vec<Signature> = (0..n).map(|_| Signature::new("add").arg(1i64)).collect();
         let chord = Chord::new(Group::new(members), Signature::new("add"));
+        let trips_before = backend_round_trips(&config);
         let start = Instant::now();
         let r = p.sender.send_chord(chord, args.send_concurrency).await?;
         let sent = start.elapsed();
+        let mut trips = None;
+        if let Some(before) = trips_before {
+            // Count before any result polling: wait until the members and the callback ran.
+            p.wait_done(n + 1, Duration::from_secs(600)).await?;
+            trips = backend_round_trips(&config).map(|after| after - before);
+        }
         let sum: i64 = r.callback.get_as(Duration::from_secs(600)).await?;
         let total = start.elapsed();
         w.quit();
@@ -452,6 +477,12 @@ async fn chord(config: &Config, args: &BenchArgs) -> Result<()> {
             total.as_secs_f64() * 1e3 / (n as f64 / 1000.0),
             sent.as_secs_f64()
         );
+        if let Some(trips) = trips {
+            println!(
+                "chord: {trips} backend round trips for {n} members and the callback = {:.2} per member",
+                trips as f64 / n as f64
+            );
+        }
     }
     Ok(())
 }
