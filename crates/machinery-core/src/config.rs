@@ -381,7 +381,8 @@ fn typed_env_value(v: &str) -> serde_json::Value {
     serde_json::Value::String(v.to_owned())
 }
 
-/// Every YAML key we read, by section (`""` is the top level). The maps under
+/// Every YAML key we read, by section (keep in step with the settings structs: a field
+/// missing here makes its key an error) (`""` is the top level). The maps under
 /// `amqp.queue_declare_args` and `amqp.queue_binding_args` take any key.
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
     (
@@ -417,7 +418,13 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
     (
         "sqs",
-        &["receive_wait_time_seconds", "receive_visibility_timeout"],
+        &[
+            "receive_wait_time_seconds",
+            "receive_visibility_timeout",
+            "visibility_hearth_beat",
+            "endpoint_url",
+            "create_queues",
+        ],
     ),
     (
         "redis",
@@ -439,7 +446,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "cluster_enabled",
         ],
     ),
-    ("dynamodb", &["task_states_table", "group_metas_table"]),
+    (
+        "dynamodb",
+        &["task_states_table", "group_metas_table", "create_tables"],
+    ),
     ("mongodb", &["database"]),
     (
         "worker",
@@ -925,6 +935,11 @@ mod tests {
         );
         let err = Config::from_yaml_str("worker:\n  zzzzzzzzzzzz: 1\n").unwrap_err();
         assert!(err.to_string().contains("known keys here"), "{err}");
+        // Every settings field is a known key.
+        Config::from_yaml_str(
+            "sqs:\n  endpoint_url: http://h\n  create_queues: true\n  visibility_hearth_beat: true\n  receive_visibility_timeout: 5\n",
+        )
+        .unwrap();
         // Free-form maps take any key.
         let c = Config::from_yaml_str("amqp:\n  queue_declare_args:\n    x-anything: 1\n").unwrap();
         assert_eq!(c.amqp.queue_declare_args["x-anything"], 1);
