@@ -105,7 +105,7 @@ fn cache_put<T>(m: &Mutex<HashMap<String, Cached<T>>>, key: String, value: T, tt
         key,
         Cached {
             value,
-            until: Instant::now() + ttl,
+            until: far_instant(ttl),
         },
     );
 }
@@ -893,5 +893,25 @@ impl Backend for AmqpBackend {
                 Ok(())
             })
             .await
+    }
+}
+
+/// `now + d`, saturated: a huge expiry from the configuration must not panic the caller.
+pub(crate) fn far_instant(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod far_instant_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_expiry_saturates_instead_of_panicking() {
+        let t = far_instant(Duration::MAX);
+        assert!(t > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+        assert!(far_instant(Duration::from_secs(1)) > Instant::now());
     }
 }

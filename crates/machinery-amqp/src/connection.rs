@@ -172,7 +172,7 @@ impl Session {
         if declared.len() >= DECLARED_MAX {
             declared.clear();
         }
-        declared.insert(key, valid_for.map(|d| Instant::now() + d));
+        declared.insert(key, valid_for.map(crate::backend::far_instant));
     }
 
     /// A lock shared by every declaration of `key` on this connection (and a few others), so
