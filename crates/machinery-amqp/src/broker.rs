@@ -722,7 +722,6 @@ impl Broker for AmqpBroker {
         BrokerCapabilities {
             delayed_delivery: true,
             pending_tasks: true,
-            delayed_tasks: false,
             priority: self
                 .inner
                 .config
@@ -731,8 +730,9 @@ impl Broker for AmqpBroker {
             dead_letter: true,
             fifo: true,
             redelivers_unacked: true,
-            // The server's max_message_size (RabbitMQ 3.x: 128 MiB, 4.x: 16 MiB) applies.
-            max_message_bytes: None,
+            // max_message_bytes: the server's max_message_size (RabbitMQ 3.x: 128 MiB,
+            // 4.x: 16 MiB) applies; delayed_tasks: not listable.
+            ..Default::default()
         }
     }
 

@@ -4,6 +4,7 @@ mod backend;
 mod broker;
 mod config;
 mod connection;
+mod driver;
 mod error;
 mod topology;
 
@@ -12,3 +13,4 @@ pub use broker::{
     AmqpBroker, DEAD_LETTER_QUEUE_HEADER, DEAD_LETTER_REASON_HEADER, DEAD_LETTER_TIME_HEADER,
 };
 pub use config::AmqpConfig;
+pub use driver::{DRIVER, SCHEMES, connect_backend, connect_broker};

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use machinery::{Config, Error, Server, example_tasks, server_from_config};
+use machinery::{Config, Error, Server, server_from_config};
+use machinery_cli::example_tasks;
 
 // The worker allocates and frees many small buffers per task (JSON in and out); mimalloc
 // takes about a tenth less CPU per task than glibc's malloc here (see BENCHMARKS.md).

@@ -32,6 +32,9 @@ use futures_core::Stream;
 use crate::{Result, Signature};
 
 /// What a broker can do. Drivers fill it in; core and the testkit check it instead of the type.
+///
+/// Every field defaults to "cannot"; a driver names what it can and ends with
+/// `..Default::default()`, so a new capability edits no driver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BrokerCapabilities {
     /// Honours a future ETA without blocking the sender.

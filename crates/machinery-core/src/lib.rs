@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod backoff;
 mod broker;
 pub mod config;
+mod driver;
 mod error;
 mod gostruct;
 pub mod json;
@@ -19,11 +21,13 @@ mod worker;
 mod workflow;
 
 pub use backend::{Backend, BackendCapabilities, Lock, results_ttl};
+pub use backoff::Backoff;
 pub use broker::{
     Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, Delivery, DeliveryStream, Nack,
     Payload,
 };
 pub use config::{Config, LiveConfig, redact_url};
+pub use driver::{BoxFuture, ConnectBackend, ConnectBroker, ConnectLock, Driver, MEMORY_DRIVER};
 pub use error::{BoxError, Error, Result, TaskError};
 pub use memory::{DeadLetter, MemoryBackend, MemoryBroker, MemoryLock};
 pub use server::{IntoBackend, IntoBroker, Server};
@@ -40,7 +44,8 @@ pub use worker::{
     WorkerHandle,
 };
 pub use workflow::{
-    AsyncResult, Chain, ChainAsyncResult, Chord, ChordAsyncResult, Group, fibonacci_next,
+    AsyncResult, Chain, ChainAsyncResult, Chord, ChordAsyncResult, Group, WaitStrategy,
+    fibonacci_next,
 };
 
 pub use async_trait::async_trait;

@@ -546,8 +546,8 @@ impl Backend for DynamoBackend {
         BackendCapabilities {
             expiry: true,
             keeps_created_at: true,
-            batched_group_states: false,
             group_completion_counter: true,
+            ..Default::default()
         }
     }
 
@@ -665,7 +665,7 @@ impl Backend for DynamoBackend {
             .group_item(group_uuid)
             .await?
             .map(|i| item::item_to_group(&i))
-            .ok_or_else(|| Error::NotFound(group_uuid.to_owned()))?;
+            .ok_or_else(|| Error::GroupNotFound(group_uuid.to_owned()))?;
         let mut distinct: Vec<&str> = Vec::with_capacity(meta.task_uuids.len());
         let mut seen = std::collections::HashSet::with_capacity(meta.task_uuids.len());
         for u in &meta.task_uuids {
@@ -720,7 +720,7 @@ impl Backend for DynamoBackend {
                 {
                     return match &ccf.item {
                         Some(old) if !item::expired(old, now_ms()) => Ok(false),
-                        _ => Err(Error::NotFound(group_uuid.to_owned())),
+                        _ => Err(Error::GroupNotFound(group_uuid.to_owned())),
                     };
                 }
                 Err(error::map(
@@ -772,7 +772,7 @@ impl Backend for DynamoBackend {
                 if e.as_service_error()
                     .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
             {
-                Err(Error::NotFound(group_uuid.to_owned()))
+                Err(Error::GroupNotFound(group_uuid.to_owned()))
             }
             Err(e) => Err(error::map(
                 format!("cannot count the members of {group_uuid}"),

@@ -199,7 +199,7 @@ impl MemcacheBackend {
         let got = self.get(group_uuid, with_cas).await?;
         let cas = got.item.cas.unwrap_or(0);
         let Some(bytes) = hit_value(got) else {
-            return Err(Error::NotFound(group_uuid.to_owned()));
+            return Err(Error::GroupNotFound(group_uuid.to_owned()));
         };
         let meta = GroupMeta::from_json(&bytes).inspect_err(|e| {
             warn!(group = group_uuid, error = %e, "stored group meta does not decode");
@@ -474,7 +474,9 @@ impl Backend for MemcacheBackend {
             let result = self.client().run(&what, op, false).await?;
             match result.status {
                 MutationStatus::Applied => return Ok(true),
-                MutationStatus::NotFound => return Err(Error::NotFound(group_uuid.to_owned())),
+                MutationStatus::NotFound => {
+                    return Err(Error::GroupNotFound(group_uuid.to_owned()));
+                }
                 _ => continue,
             }
         }

@@ -2,6 +2,7 @@
 
 mod broker;
 mod config;
+mod driver;
 mod error;
 
 pub use broker::{
@@ -12,3 +13,4 @@ pub use config::SqsConfig;
 /// The AWS SDK crates this driver is built on, for `SqsBroker::connect_with`.
 pub use aws_config;
 pub use aws_sdk_sqs;
+pub use driver::{DRIVER, SCHEMES, connect_broker};

@@ -1,112 +1,186 @@
-//! Build brokers, backends and locks from URLs, by scheme.
+//! Build brokers, backends and locks from URLs, through the table of drivers compiled in.
 
 use std::sync::Arc;
 
 use machinery_core::{
-    Backend, Broker, Config, Error, Lock, MemoryBackend, MemoryBroker, MemoryLock, Result, Server,
-    redact_url,
+    Backend, Broker, Config, Driver, Error, Lock, MEMORY_DRIVER, Result, Server, redact_url,
 };
 
+/// The driver table: one line per driver crate, `"<cargo feature>" => <crate>`. The crate
+/// exports `DRIVER: machinery_core::Driver`; the feature of the same name on this crate turns
+/// it on (and `full` turns on all of them). See `docs/adding-a-driver.md`.
+macro_rules! driver_table {
+    ($($feature:literal => $krate:ident),* $(,)?) => {
+        /// The drivers compiled into this build, in the order URLs are tried. The in-process
+        /// driver (`memory://`, `eager`) is always first.
+        pub static DRIVERS: &[Driver] = &[
+            MEMORY_DRIVER,
+            $(#[cfg(feature = $feature)] $krate::DRIVER,)*
+        ];
+
+        /// Cargo features of drivers that this build leaves out.
+        const FEATURES_OFF: &[&str] = &[$(#[cfg(not(feature = $feature))] $feature,)*];
+    };
+}
+
+driver_table! {
+    "redis" => machinery_redis,
+    "amqp" => machinery_amqp,
+    "mongo" => machinery_mongo,
+    "dynamodb" => machinery_dynamodb,
+    "memcache" => machinery_memcache,
+    "sqs" => machinery_sqs,
+}
+
+/// What is being connected, for picking the table column and for messages.
+#[derive(Clone, Copy)]
+enum Kind {
+    Broker,
+    Backend,
+    Lock,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Broker => "broker",
+            Kind::Backend => "result backend",
+            Kind::Lock => "lock",
+        }
+    }
+
+    fn has(self, driver: &Driver) -> bool {
+        match self {
+            Kind::Broker => driver.broker.is_some(),
+            Kind::Backend => driver.backend.is_some(),
+            Kind::Lock => driver.lock.is_some(),
+        }
+    }
+}
+
 fn scheme_of(url: &str) -> &str {
+    let url = url.trim();
     match url.find("://") {
         Some(i) => &url[..i],
-        None => url.trim(),
+        None => url,
     }
 }
 
-#[cfg(not(all(
-    feature = "redis",
-    feature = "amqp",
-    feature = "mongo",
-    feature = "dynamodb",
-    feature = "memcache",
-    feature = "sqs"
-)))]
-fn feature_off(scheme: &str, feature: &str) -> Error {
-    Error::UnknownScheme {
-        scheme: scheme.to_owned(),
-        hint: format!(
-            "this build has no {feature} driver; enable the `{feature}` cargo feature of the `machinery` crate (or `full`)"
+/// The prefixes of `drivers` that can build a `kind`, comma-separated.
+fn understood(drivers: &[Driver], kind: Kind) -> String {
+    let prefixes: Vec<&str> = drivers
+        .iter()
+        .filter(|d| kind.has(d))
+        .flat_map(|d| d.prefixes.iter().copied())
+        .collect();
+    prefixes.join(", ")
+}
+
+fn unknown(drivers: &[Driver], features_off: &[&str], kind: Kind, url: &str) -> Error {
+    let mut hint = match drivers.iter().find(|d| d.accepts(url)) {
+        Some(d) => format!(
+            "the {} driver has no {}; this build's {} drivers understand: {}",
+            d.name,
+            kind.name(),
+            kind.name(),
+            understood(drivers, kind)
         ),
-    }
-}
-
-fn not_available(scheme: &str, what: &str) -> Error {
-    Error::UnknownScheme {
-        scheme: scheme.to_owned(),
-        hint: format!("the {what} driver is not available in machinery-rs yet"),
-    }
-}
-
-fn unknown(scheme: &str, kind: &str, url: &str) -> Error {
-    Error::UnknownScheme {
-        scheme: scheme.to_owned(),
-        hint: format!(
-            "no {kind} driver understands {}; known schemes: memory://, eager, redis://, rediss://, redis+socket://, amqp://, amqps://, mongodb://, mongodb+srv://, https://dynamodb.<region>.amazonaws.com, dynamodb://, dynamodb+http(s)://, memcache://, https://sqs.<region>.amazonaws.com/<account>, sqs+http(s)://",
-            redact_url(url)
+        None => format!(
+            "no {} driver understands {}; this build understands: {}",
+            kind.name(),
+            redact_url(url),
+            understood(drivers, kind)
         ),
+    };
+    if !features_off.is_empty() {
+        hint.push_str(&format!(
+            "; drivers not built in: {} (enable the cargo feature of that name on the `machinery` crate, or `full`)",
+            features_off.join(", ")
+        ));
+    }
+    Error::UnknownScheme {
+        scheme: scheme_of(url).to_owned(),
+        hint,
     }
 }
 
-/// A broker for `url`: `memory://` (or `eager`), `redis://` / `rediss://` /
-/// `redis+socket://` (feature `redis`), `amqp://` / `amqps://` (feature `amqp`).
+/// The first driver of `drivers` that accepts `url` and can build a `kind`.
+fn pick<'d>(drivers: &'d [Driver], kind: Kind, url: &str) -> Option<&'d Driver> {
+    drivers.iter().find(|d| d.accepts(url) && kind.has(d))
+}
+
+async fn broker_in(
+    drivers: &[Driver],
+    off: &[&str],
+    url: &str,
+    c: &Config,
+) -> Result<Arc<dyn Broker>> {
+    match pick(drivers, Kind::Broker, url).and_then(|d| d.broker) {
+        Some(connect) => connect(url, c).await,
+        None => Err(unknown(drivers, off, Kind::Broker, url)),
+    }
+}
+
+async fn backend_in(
+    drivers: &[Driver],
+    off: &[&str],
+    url: &str,
+    c: &Config,
+) -> Result<Arc<dyn Backend>> {
+    match pick(drivers, Kind::Backend, url).and_then(|d| d.backend) {
+        Some(connect) => connect(url, c).await,
+        None => Err(unknown(drivers, off, Kind::Backend, url)),
+    }
+}
+
+async fn lock_in(drivers: &[Driver], off: &[&str], url: &str, c: &Config) -> Result<Arc<dyn Lock>> {
+    if url.trim().is_empty() {
+        return Ok(Arc::new(machinery_core::MemoryLock::new()));
+    }
+    match pick(drivers, Kind::Lock, url).and_then(|d| d.lock) {
+        Some(connect) => connect(url, c).await,
+        None => Err(unknown(drivers, off, Kind::Lock, url)),
+    }
+}
+
+/// A broker for `url`, from the first driver of [`DRIVERS`] whose prefix `url` starts with:
+/// `memory://` (or `eager`), `redis://` / `rediss://` / `redis+socket://` / `unix://`
+/// (feature `redis`), `amqp://` / `amqps://` (feature `amqp`).
 ///
 /// # Errors
-/// [`Error::UnknownScheme`] naming the cargo feature to enable when the driver is not built
-/// in; the driver's connection error (URL redacted) when the server cannot be reached.
+/// [`Error::UnknownScheme`] listing the prefixes this build understands (and the driver
+/// features left out); the driver's connection error (URL redacted) when the server cannot
+/// be reached.
 pub async fn broker_from_url(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
-    let scheme = scheme_of(url);
-    match scheme {
-        "memory" | "eager" => Ok(Arc::new(MemoryBroker::with_default_queue(
-            config.default_queue.clone(),
-        ))),
-        "redis" | "rediss" | "redis+socket" | "unix" => redis_broker(url, config).await,
-        "amqp" | "amqps" => amqp_broker(url, config).await,
-        // Go: a broker starting with `https://sqs` is the SQS queue URL prefix; `sqs+http://`
-        // names a local SQS (moto, LocalStack) the same way.
-        "https" | "http" if url.starts_with("https://sqs") || url.starts_with("http://sqs") => {
-            sqs_broker(url, config).await
-        }
-        "sqs+http" | "sqs+https" => sqs_broker(url, config).await,
-        "gcppubsub" => Err(not_available(scheme, "gcp-pubsub")),
-        _ => Err(unknown(scheme, "broker", url)),
-    }
+    broker_in(DRIVERS, FEATURES_OFF, url, config).await
 }
 
-/// A result backend for `url`: `memory://` (or `eager`), `redis://` ... (feature `redis`),
-/// `amqp://` ... (feature `amqp`), `mongodb://` / `mongodb+srv://` (feature `mongo`),
-/// Go's `https://dynamodb.<region>.amazonaws.com`, `dynamodb://` and
-/// `dynamodb+http://host:port` (feature `dynamodb`), `memcache://h1:p1[,h2:p2...]` (feature
-/// `memcache`).
+/// A result backend for `url`, picked from [`DRIVERS`] as [`broker_from_url`] does.
 ///
 /// # Errors
 /// As [`broker_from_url`].
 pub async fn backend_from_url(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
-    let scheme = scheme_of(url);
-    match scheme {
-        "memory" | "eager" => Ok(Arc::new(MemoryBackend::with_ttl(config.results_ttl()))),
-        "redis" | "rediss" | "redis+socket" | "unix" => redis_backend(url, config).await,
-        "amqp" | "amqps" => amqp_backend(url, config).await,
-        "memcache" => memcache_backend(url, config).await,
-        "mongodb" | "mongodb+srv" => mongo_backend(url, config).await,
-        "dynamodb" | "dynamodb+http" | "dynamodb+https" => dynamodb_backend(url, config).await,
-        "https" | "http" if is_dynamodb_url(url) => dynamodb_backend(url, config).await,
-        _ => Err(unknown(scheme, "result backend", url)),
-    }
+    backend_in(DRIVERS, FEATURES_OFF, url, config).await
 }
 
-/// A lock for periodic tasks: `memory://` / empty (in-process), `redis://` ... (feature
-/// `redis`).
+/// A lock for periodic tasks: empty URL (in-process), or one picked from [`DRIVERS`] as
+/// [`broker_from_url`] does (`memory://`, `redis://` ...).
 ///
 /// # Errors
 /// As [`broker_from_url`].
 pub async fn lock_from_url(url: &str, config: &Config) -> Result<Arc<dyn Lock>> {
-    let _ = config;
-    let scheme = scheme_of(url);
-    match scheme {
-        "" | "memory" | "eager" => Ok(Arc::new(MemoryLock::new())),
-        "redis" | "rediss" | "redis+socket" | "unix" => redis_lock(url, config).await,
-        _ => Err(unknown(scheme, "lock", url)),
+    lock_in(DRIVERS, FEATURES_OFF, url, config).await
+}
+
+/// The lock URL a server uses: `config.lock` when set, else the broker's URL when the
+/// broker's driver has a lock, else empty (in-process).
+fn default_lock_url(drivers: &[Driver], config: &Config) -> String {
+    if !config.lock.is_empty() {
+        return config.lock.clone();
+    }
+    match pick(drivers, Kind::Lock, &config.broker) {
+        Some(_) => config.broker.clone(),
+        None => String::new(),
     }
 }
 
@@ -119,162 +193,16 @@ pub async fn lock_from_url(url: &str, config: &Config) -> Result<Arc<dyn Lock>> 
 pub async fn server_from_config(config: Config) -> Result<Server> {
     let broker = broker_from_url(&config.broker, &config).await?;
     let backend = backend_from_url(&config.result_backend, &config).await?;
-    let lock_url = if config.lock.is_empty() {
-        match scheme_of(&config.broker) {
-            "redis" | "rediss" | "redis+socket" => config.broker.clone(),
-            _ => String::new(),
-        }
-    } else {
-        config.lock.clone()
-    };
-    let lock = lock_from_url(&lock_url, &config).await?;
+    let lock = lock_from_url(&default_lock_url(DRIVERS, &config), &config).await?;
     let server = Server::new(config, broker, backend);
     server.set_lock(lock);
     Ok(server)
 }
 
-#[cfg(feature = "redis")]
-async fn redis_broker(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
-    Ok(Arc::new(
-        machinery_redis::RedisBroker::connect(machinery_redis::RedisConfig::from_machinery(
-            url, config,
-        ))
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn redis_broker(url: &str, _config: &Config) -> Result<Arc<dyn Broker>> {
-    Err(feature_off(scheme_of(url), "redis"))
-}
-
-#[cfg(feature = "redis")]
-async fn redis_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(
-        machinery_redis::RedisBackend::connect(machinery_redis::RedisConfig::from_machinery(
-            url, config,
-        ))
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn redis_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
-    Err(feature_off(scheme_of(url), "redis"))
-}
-
-#[cfg(feature = "redis")]
-async fn redis_lock(url: &str, config: &Config) -> Result<Arc<dyn Lock>> {
-    Ok(Arc::new(
-        machinery_redis::RedisLock::connect(machinery_redis::RedisConfig::from_machinery(
-            url, config,
-        ))
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn redis_lock(url: &str, _config: &Config) -> Result<Arc<dyn Lock>> {
-    Err(feature_off(scheme_of(url), "redis"))
-}
-
-#[cfg(feature = "mongo")]
-async fn mongo_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(
-        machinery_mongo::MongoBackend::connect(machinery_mongo::MongoConfig::from_machinery(
-            url, config,
-        ))
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "mongo"))]
-async fn mongo_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
-    Err(feature_off(scheme_of(url), "mongo"))
-}
-
-#[cfg(feature = "sqs")]
-async fn sqs_broker(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
-    Ok(Arc::new(
-        machinery_sqs::SqsBroker::connect(machinery_sqs::SqsConfig::from_machinery(url, config))
-            .await?,
-    ))
-}
-
-#[cfg(not(feature = "sqs"))]
-async fn sqs_broker(url: &str, _config: &Config) -> Result<Arc<dyn Broker>> {
-    Err(feature_off(scheme_of(url), "sqs"))
-}
-
-#[cfg(feature = "amqp")]
-async fn amqp_broker(url: &str, config: &Config) -> Result<Arc<dyn Broker>> {
-    Ok(Arc::new(
-        machinery_amqp::AmqpBroker::connect(machinery_amqp::AmqpConfig::from_machinery(
-            url, config,
-        ))
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "amqp"))]
-async fn amqp_broker(url: &str, _config: &Config) -> Result<Arc<dyn Broker>> {
-    Err(feature_off(scheme_of(url), "amqp"))
-}
-
-#[cfg(feature = "amqp")]
-async fn amqp_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(
-        machinery_amqp::AmqpBackend::connect(machinery_amqp::AmqpConfig::from_machinery(
-            url, config,
-        ))
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "amqp"))]
-async fn amqp_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
-    Err(feature_off(scheme_of(url), "amqp"))
-}
-
-/// Go picks its DynamoDB backend for any result backend starting with `https://dynamodb`.
-fn is_dynamodb_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or("", |(_, r)| r);
-    rest.get(..8)
-        .is_some_and(|h| h.eq_ignore_ascii_case("dynamodb"))
-}
-
-#[cfg(feature = "memcache")]
-async fn memcache_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(
-        machinery_memcache::MemcacheBackend::connect(
-            machinery_memcache::MemcacheConfig::from_machinery(url, config),
-        )
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "memcache"))]
-async fn memcache_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
-    Err(feature_off(scheme_of(url), "memcache"))
-}
-
-#[cfg(feature = "dynamodb")]
-async fn dynamodb_backend(url: &str, config: &Config) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(
-        machinery_dynamodb::DynamoBackend::connect(
-            machinery_dynamodb::DynamoConfig::from_machinery(url, config),
-        )
-        .await?,
-    ))
-}
-
-#[cfg(not(feature = "dynamodb"))]
-async fn dynamodb_backend(url: &str, _config: &Config) -> Result<Arc<dyn Backend>> {
-    Err(feature_off(scheme_of(url), "dynamodb"))
-}
-
 #[cfg(test)]
 mod tests {
+    use machinery_core::{BoxFuture, MemoryBroker};
+
     use super::*;
 
     #[tokio::test]
@@ -294,21 +222,132 @@ mod tests {
             .to_string();
         assert!(err.contains("kafka"), "{err}");
         assert!(!err.contains("secret"), "{err}");
-        let err = broker_from_url("gcppubsub://h/q", &c)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not available"), "{err}");
+        assert!(err.contains("memory://, eager"), "{err}");
     }
 
-    #[cfg(not(feature = "memcache"))]
+    /// The error lists exactly the prefixes of the table, per kind: every driver's prefixes
+    /// for a broker, only those of drivers with a lock for a lock.
     #[tokio::test]
-    async fn disabled_memcache_feature_is_named() {
-        let err = backend_from_url("memcache://127.0.0.1:11211", &Config::default())
+    async fn unknown_scheme_lists_exactly_this_builds_prefixes() {
+        let c = Config::default();
+        for (kind, err) in [
+            (Kind::Broker, broker_from_url("nope://h", &c).await.err()),
+            (Kind::Backend, backend_from_url("nope://h", &c).await.err()),
+            (Kind::Lock, lock_from_url("nope://h", &c).await.err()),
+        ] {
+            let err = err.expect("unknown scheme").to_string();
+            let expected: Vec<&str> = DRIVERS
+                .iter()
+                .filter(|d| kind.has(d))
+                .flat_map(|d| d.prefixes.iter().copied())
+                .collect();
+            assert!(
+                err.contains(&format!("understands: {}", expected.join(", "))),
+                "{err}"
+            );
+        }
+        // An https URL is a driver's only by its prefix: SQS is no backend (Go's factory
+        // would not take it either), whatever drivers are built in.
+        let err = backend_from_url("https://sqs.eu-west-1.amazonaws.com/123/q", &c)
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`memcache` cargo feature"), "{err}");
+        assert!(err.contains("no result backend driver"), "{err}");
+    }
+
+    #[cfg(feature = "dynamodb")]
+    #[test]
+    fn go_dynamodb_urls_reach_the_dynamodb_driver() {
+        for url in [
+            "https://dynamodb.eu-west-1.amazonaws.com",
+            "https://DynamoDB.eu-west-1.amazonaws.com/",
+            "dynamodb://eu-west-1",
+            "dynamodb+http://127.0.0.1:4566",
+        ] {
+            assert_eq!(pick(DRIVERS, Kind::Backend, url).unwrap().name, "dynamodb", "{url}");
+        }
+        assert!(pick(DRIVERS, Kind::Backend, "https://sqs.eu-west-1.amazonaws.com").is_none());
+        assert!(pick(DRIVERS, Kind::Broker, "https://dynamodb.eu-west-1.amazonaws.com").is_none());
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_lock_takes_every_redis_prefix_the_broker_takes() {
+        let redis = DRIVERS.iter().find(|d| d.name == "redis").unwrap();
+        assert!(redis.lock.is_some() && redis.broker.is_some());
+        for url in [
+            "unix:///tmp/r.sock",
+            "redis+socket:///tmp/r.sock",
+            "rediss://h",
+        ] {
+            assert_eq!(pick(DRIVERS, Kind::Lock, url).unwrap().name, "redis");
+            assert_eq!(pick(DRIVERS, Kind::Broker, url).unwrap().name, "redis");
+        }
+        let c = Config {
+            broker: "unix:///tmp/r.sock".into(),
+            ..Config::default()
+        };
+        assert_eq!(default_lock_url(DRIVERS, &c), "unix:///tmp/r.sock");
+    }
+
+    #[cfg(feature = "amqp")]
+    #[tokio::test]
+    async fn a_driver_without_a_lock_says_so() {
+        let err = lock_from_url("amqp://guest:guest@localhost/", &Config::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the amqp driver has no lock"), "{err}");
+        let c = Config {
+            broker: "amqp://guest:guest@localhost/".into(),
+            ..Config::default()
+        };
+        assert_eq!(default_lock_url(DRIVERS, &c), "");
+    }
+
+    fn stub_broker<'a>(
+        url: &'a str,
+        _config: &'a Config,
+    ) -> BoxFuture<'a, Result<Arc<dyn Broker>>> {
+        let queue = url.trim_start_matches("stub://").to_owned();
+        Box::pin(
+            async move { Ok(Arc::new(MemoryBroker::with_default_queue(queue)) as Arc<dyn Broker>) },
+        )
+    }
+
+    /// A driver that has only a broker, as `docs/adding-a-driver.md` adds it.
+    const STUB: Driver = Driver::new("stub", &["stub://"]).with_broker(stub_broker);
+
+    /// A stub entry in the table is all a new driver needs: its URLs reach it, its prefix is
+    /// listed in errors for the kinds it has and only those.
+    #[tokio::test]
+    async fn a_stub_table_entry_works() {
+        let table = [MEMORY_DRIVER, STUB];
+        let c = Config::default();
+        let broker = broker_in(&table, &[], "stub://jobs", &c).await.unwrap();
+        assert_eq!(broker.default_routing_key(), "jobs");
+        let err = broker_in(&table, &[], "nope://", &c)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("understands: memory://, eager, stub://"),
+            "{err}"
+        );
+        let err = backend_in(&table, &[], "stub://jobs", &c)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the stub driver has no result backend"),
+            "{err}"
+        );
+        assert!(err.ends_with("understand: memory://, eager"), "{err}");
+        let err = backend_in(&table, &["kafka"], "nope://", &c)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("drivers not built in: kafka"), "{err}");
     }
 
     #[cfg(not(feature = "redis"))]
@@ -318,30 +357,8 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`redis` cargo feature"), "{err}");
-    }
-
-    #[cfg(not(feature = "dynamodb"))]
-    #[tokio::test]
-    async fn disabled_dynamodb_feature_is_named() {
-        for url in [
-            "https://dynamodb.us-east-1.amazonaws.com",
-            "dynamodb+http://127.0.0.1:4566",
-        ] {
-            let err = backend_from_url(url, &Config::default())
-                .await
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("`dynamodb` cargo feature"), "{err}");
-        }
-    }
-
-    #[test]
-    fn go_dynamodb_urls_are_recognised() {
-        assert!(is_dynamodb_url("https://dynamodb.eu-west-1.amazonaws.com"));
-        assert!(is_dynamodb_url("https://DynamoDB.eu-west-1.amazonaws.com/"));
-        assert!(!is_dynamodb_url("https://sqs.eu-west-1.amazonaws.com"));
-        assert!(!is_dynamodb_url("https://dynamo"));
+        assert!(err.contains("drivers not built in: redis"), "{err}");
+        assert!(err.contains("cargo feature"), "{err}");
     }
 
     #[cfg(not(feature = "amqp"))]
@@ -351,46 +368,7 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("`amqp` cargo feature"), "{err}");
-    }
-
-    #[cfg(not(feature = "sqs"))]
-    #[tokio::test]
-    async fn disabled_sqs_feature_is_named() {
-        let err = broker_from_url(
-            "https://sqs.us-east-1.amazonaws.com/123456789012",
-            &Config::default(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("`sqs` cargo feature"), "{err}");
-    }
-
-    #[cfg(feature = "sqs")]
-    #[tokio::test]
-    async fn sqs_urls_select_the_sqs_broker() {
-        for url in [
-            "https://sqs.us-east-1.amazonaws.com/123456789012",
-            "sqs+http://127.0.0.1:4566/123456789012",
-        ] {
-            let b = broker_from_url(url, &Config::default()).await.unwrap();
-            assert_eq!(b.driver(), "sqs", "{url}");
-            assert_eq!(b.default_routing_key(), "machinery_tasks");
-        }
-    }
-
-    #[cfg(not(feature = "mongo"))]
-    #[tokio::test]
-    async fn disabled_mongo_feature_is_named() {
-        let err = backend_from_url(
-            "mongodb+srv://u:secret@cluster0.example/",
-            &Config::default(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("`mongo` cargo feature"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
+        assert!(err.contains("amqp"), "{err}");
+        assert!(err.contains("cargo feature"), "{err}");
     }
 }

@@ -288,6 +288,10 @@ impl Broker for MemoryBroker {
         DRIVER
     }
 
+    #[allow(
+        clippy::needless_update,
+        reason = "a capability added later defaults to `false` without editing this driver"
+    )]
     fn capabilities(&self) -> BrokerCapabilities {
         BrokerCapabilities {
             delayed_delivery: true,
@@ -298,6 +302,7 @@ impl Broker for MemoryBroker {
             fifo: true,
             redelivers_unacked: true,
             max_message_bytes: self.max_message_bytes(),
+            ..Default::default()
         }
     }
 

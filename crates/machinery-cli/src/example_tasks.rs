@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use machinery_core::{Result, Server, TaskContext, TaskError, Variadic};
+use machinery::{Result, Server, TaskContext, TaskError, Variadic};
 
 /// Sum of every argument (Go: `func Add(args ...int64) (int64, error)`).
 pub async fn add(Variadic(args): Variadic<i64>) -> Result<i64, TaskError> {
