@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use machinery::{
     Backend, Broker, Chain, Chord, Config, Error, Group, Server, Signature, State, TaskError,
-    WorkerHandle, example_tasks,
+    WorkerHandle,
 };
+use machinery_cli::example_tasks;
 
 /// How long a scenario waits for results before failing.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -253,9 +254,7 @@ pub async fn delay_by_eta(env: &Env) {
     let start = Instant::now();
     let eta = Duration::from_millis(1500);
     let r = server.send_task(add(1, 2).delay(eta)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let st = r.state().await.unwrap().state;
-    assert_eq!(st, State::Pending, "ran before its ETA");
+    stays_pending(&r, start + Duration::from_millis(700), "ran before its ETA").await;
     assert_eq!(r.get_as::<i64>(TIMEOUT).await.unwrap(), 3);
     assert!(start.elapsed() >= eta, "finished before the ETA");
     finish(w).await;
@@ -271,8 +270,8 @@ pub async fn worker_knows_only_some_tasks(env: &Env) {
         .unwrap();
     let w1 = partial.new_worker("partial", 1).no_unix_signals().launch();
     let r = partial.send_task(add(20, 22)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(r.state().await.unwrap().state, State::Pending);
+    let until = Instant::now() + Duration::from_millis(600);
+    stays_pending(&r, until, "a worker that does not know the task ran it").await;
     let full = env.server();
     let w2 = env.worker(&full, 1);
     assert_eq!(r.get_as::<i64>(TIMEOUT).await.unwrap(), 42);
@@ -431,6 +430,16 @@ pub async fn unregistered_task_ends_in_failure(env: &Env) {
     let r = server.send_task(add(1, 2)).await.unwrap();
     assert_eq!(r.get_as::<i64>(TIMEOUT).await.unwrap(), 3);
     finish(w).await;
+}
+
+/// Assert that `r` is PENDING at every read until `until` (reads every 20 ms), so a task that
+/// runs too early is caught at any moment of the window, not only at its end.
+async fn stays_pending(r: &machinery::AsyncResult, until: Instant, why: &str) {
+    while Instant::now() < until {
+        let st = r.state().await.unwrap().state;
+        assert_eq!(st, State::Pending, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn finish(w: WorkerHandle) {

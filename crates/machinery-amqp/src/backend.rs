@@ -627,8 +627,8 @@ impl Backend for AmqpBackend {
         BackendCapabilities {
             expiry: true,
             keeps_created_at: true,
-            batched_group_states: false,
             group_completion_counter: true,
+            ..Default::default()
         }
     }
 
@@ -728,7 +728,7 @@ impl Backend for AmqpBackend {
             return if inner.foreign_known(group_uuid).await? {
                 inner.go_group_states(group_uuid).await
             } else {
-                Err(Error::NotFound(group_uuid.to_owned()))
+                Err(Error::GroupNotFound(group_uuid.to_owned()))
             };
         };
         let done = inner.done_count(group_uuid).await?;
@@ -756,7 +756,7 @@ impl Backend for AmqpBackend {
             return if inner.foreign_known(group_uuid).await? {
                 inner.trigger_once(group_uuid).await
             } else {
-                Err(Error::NotFound(group_uuid.to_owned()))
+                Err(Error::GroupNotFound(group_uuid.to_owned()))
             };
         }
         let token = chord_token_queue(group_uuid);
@@ -797,7 +797,7 @@ impl Backend for AmqpBackend {
             })
             .await?;
         // No token queue: purged or expired since the meta was read.
-        taken.ok_or_else(|| Error::NotFound(group_uuid.to_owned()))
+        taken.ok_or_else(|| Error::GroupNotFound(group_uuid.to_owned()))
     }
 
     async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
@@ -806,7 +806,7 @@ impl Backend for AmqpBackend {
         // Known: initialised here, or a Go producer's group adopted here or already counted
         // in Go's group queue by some worker.
         if !ours && !inner.foreign_known(group_uuid).await? {
-            return Err(Error::NotFound(group_uuid.to_owned()));
+            return Err(Error::GroupNotFound(group_uuid.to_owned()));
         }
         let counted = |n: u32| {
             if !ours {

@@ -599,7 +599,7 @@ async fn go_producer_groups_work_with_our_backend() {
         backend
             .mark_group_member_done(&group, &members[0].uuid)
             .await,
-        Err(machinery_core::Error::NotFound(_))
+        Err(machinery_core::Error::GroupNotFound(_))
     ));
     // Member 2 ran on a Go worker: its final state in the member queue and the group queue.
     let (conn, ch) = common::raw(&url).await;

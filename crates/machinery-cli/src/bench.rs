@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use machinery::{
     Backend, Broker, Chord, Config, Error, Group, Result, Server, Signature, TaskState,
-    backend_from_url, broker_from_url, example_tasks, lock_from_url,
+    WaitStrategy, backend_from_url, broker_from_url, lock_from_url,
 };
+use machinery_cli::example_tasks;
 use tokio::sync::{Notify, oneshot};
 
 /// What to measure.
@@ -367,9 +368,16 @@ async fn latency(config: &Config, args: &BenchArgs) -> Result<()> {
     for i in 0..args.latency_n {
         samples.push(one_round_trip(&p, i).await?);
     }
+    // The same round trip as a client waits for it: AsyncResult::get_as, which waits on the
+    // backend's push where it has one and polls with a back-off elsewhere.
+    let mut waited = Vec::with_capacity(args.latency_n);
+    for i in 0..args.latency_n {
+        waited.push(one_awaited_round_trip(&p, i).await?);
+    }
     w.quit();
     w.join().await?;
     samples.sort();
+    waited.sort();
     println!(
         "latency: {} round trips (send -> SUCCESS stored -> read back), p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         samples.len(),
@@ -377,7 +385,35 @@ async fn latency(config: &Config, args: &BenchArgs) -> Result<()> {
         percentile(&samples, 0.99).as_secs_f64() * 1e3,
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
+    let strategy = match WaitStrategy::of(p.sender.backend().as_ref()) {
+        WaitStrategy::Push => "push from the backend",
+        WaitStrategy::PollWithBackoff => "polling, back-off 1 ms doubling to 50 ms",
+    };
+    println!(
+        "latency: {} round trips (send -> AsyncResult::get_as; {} backend waits by {strategy}), p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        waited.len(),
+        p.sender.backend().driver(),
+        percentile(&waited, 0.50).as_secs_f64() * 1e3,
+        percentile(&waited, 0.99).as_secs_f64() * 1e3,
+        waited.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
     Ok(())
+}
+
+async fn one_awaited_round_trip(p: &Pair, i: usize) -> Result<Duration> {
+    let sig = Signature::new("add").arg(i as i64).arg(1i64);
+    let start = Instant::now();
+    let sum: i64 = p
+        .sender
+        .send_task(sig)
+        .await?
+        .get_as(Duration::from_secs(30))
+        .await?;
+    let took = start.elapsed();
+    if sum != i as i64 + 1 {
+        return Err(Error::TaskFailed(format!("add({i}, 1) gave {sum}")));
+    }
+    Ok(took)
 }
 
 async fn one_round_trip(p: &Pair, i: usize) -> Result<Duration> {

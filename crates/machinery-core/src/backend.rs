@@ -15,7 +15,7 @@
 //! - `trigger_chord_fires_exactly_once_under_contention`: of 100 concurrent callers exactly
 //!   one gets `true`.
 //! - `trigger_chord_unknown_group_errors`: `trigger_chord` on a group never initialised is
-//!   `Error::NotFound`, not a silent `true`.
+//!   `Error::GroupNotFound`, not a silent `true`.
 //! - `purge_removes_state_and_group`.
 //! - `results_expire` (capability `expiry`).
 //! - `group_member_done_counts_each_member_once` (`mark_group_member_done` is idempotent).
@@ -28,6 +28,9 @@ use async_trait::async_trait;
 use crate::{Result, TaskState};
 
 /// What a result backend can do.
+///
+/// Every field defaults to "cannot"; a driver names what it can and ends with
+/// `..Default::default()`, so a new capability edits no driver.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendCapabilities {
     /// Stored states expire after `ResultsExpireIn`.
@@ -72,14 +75,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// as PENDING.
     ///
     /// # Errors
-    /// [`crate::Error::NotFound`] when the group is unknown.
+    /// [`crate::Error::GroupNotFound`] when the group is unknown.
     async fn group_states(&self, group_uuid: &str) -> Result<Vec<TaskState>>;
 
     /// Mark the group's chord as triggered. Returns `true` to exactly one caller per group,
     /// atomically, however many call at once.
     ///
     /// # Errors
-    /// [`crate::Error::NotFound`] when the group is unknown.
+    /// [`crate::Error::GroupNotFound`] when the group is unknown.
     async fn trigger_chord(&self, group_uuid: &str) -> Result<bool>;
 
     /// Record that `task_uuid`, a member of `group_uuid`, reached SUCCESS or FAILURE, and return
@@ -93,7 +96,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// `group_completion_counter` capability.
     ///
     /// # Errors
-    /// When the backend cannot be reached; [`crate::Error::NotFound`] when the group is
+    /// When the backend cannot be reached; [`crate::Error::GroupNotFound`] when the group is
     /// unknown.
     async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
         let _ = task_uuid;
@@ -106,7 +109,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Start tracking a group that `mark_group_member_done` answered
-    /// [`crate::Error::NotFound`] for, from what its member carries (its `GroupTaskCount`):
+    /// [`crate::Error::GroupNotFound`] for, from what its member carries (its `GroupTaskCount`):
     /// a group whose producer recorded nothing (Go's AMQP backend keeps no group meta).
     /// `Ok(true)` when the backend tracks it from now on (the worker marks the member
     /// again); the default tracks nothing.
@@ -116,6 +119,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn adopt_group(&self, group_uuid: &str, group_task_count: usize) -> Result<bool> {
         let _ = (group_uuid, group_task_count);
         Ok(false)
+    }
+
+    /// A receiver whose value changes every time a state is stored, for backends that can
+    /// push. [`crate::AsyncResult`] waits on it instead of polling. `None` (the default): the
+    /// backend cannot push and waiters poll with a back-off.
+    fn state_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 
     /// Delete a task's state.

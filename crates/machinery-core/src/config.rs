@@ -712,7 +712,11 @@ impl Config {
         let c: Config = serde_saphyr::from_str(yaml).map_err(|e| {
             let msg = e.to_string();
             // serde-saphyr names the field path in its message; keep it whole.
-            Error::config(yaml_key_of(&msg), msg)
+            Error::Config {
+                key: yaml_key_of(&msg),
+                message: msg,
+                source: Some(Box::new(e)),
+            }
         })?;
         c.validate()?;
         Ok(c)
@@ -724,8 +728,9 @@ impl Config {
     /// [`Error::Config`] when the file cannot be read or a key is invalid.
     pub fn from_yaml(path: impl AsRef<Path>) -> Result<Config> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config_caused("<file>", format_args!("cannot read {}", path.display()), e)
+        })?;
         Self::from_yaml_str(&text)
     }
 
@@ -802,8 +807,9 @@ impl LiveConfig {
     /// When the first load fails.
     pub fn watch_every(path: impl AsRef<Path>, interval: Duration) -> Result<LiveConfig> {
         let path = path.as_ref().to_path_buf();
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::config("<file>", format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::config_caused("<file>", format_args!("cannot read {}", path.display()), e)
+        })?;
         let first = Config::from_yaml_str(&text)?;
         let (tx, rx) = watch::channel(first);
         let p = path.clone();

@@ -471,7 +471,7 @@ impl Signature {
     /// # Errors
     /// Only if a header value cannot be encoded (never for plain JSON values).
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        json::to_vec(self).map_err(|e| Error::decode("signature", e))
+        json::to_vec(self).map_err(|e| Error::encode_caused("signature", e))
     }
 
     /// Decode from JSON as leniently as Go does.
@@ -490,36 +490,38 @@ impl Signature {
                         "a task message must be a JSON object, got {}",
                         json_kind(bytes)
                     ),
+                    source: None,
                 });
             }
             None => {
                 return Err(Error::Decode {
                     what: "signature",
                     message: "empty message".to_owned(),
+                    source: None,
                 });
             }
         }
         let depth = json_nesting(bytes);
         if depth <= 100 {
             // The common case: serde_json's own limit (128) is never reached.
-            return serde_json::from_slice(bytes).map_err(|e| Error::decode("signature", e));
+            return serde_json::from_slice(bytes).map_err(|e| Error::decode_caused("signature", e));
         }
         if depth > MAX_JSON_NESTING {
-            return Err(Error::Decode {
-                what: "signature",
-                message: format!(
+            return Err(Error::decode(
+                "signature",
+                format!(
                     "JSON nested {depth} levels deep; at most {MAX_JSON_NESTING} are accepted \
                      (a chain of 10 000 links)"
                 ),
-            });
+            ));
         }
         // A long chain: no recursion limit, and the stack grows on the heap as needed.
         let mut de = serde_json::Deserializer::from_slice(bytes);
         de.disable_recursion_limit();
         let sig =
             grow(|| serde::Deserialize::deserialize(serde_stacker::Deserializer::new(&mut de)))
-                .map_err(|e| Error::decode("signature", e))?;
-        de.end().map_err(|e| Error::decode("signature", e))?;
+                .map_err(|e| Error::decode_caused("signature", e))?;
+        de.end().map_err(|e| Error::decode_caused("signature", e))?;
         check_header_nesting(sig)
     }
 
@@ -626,6 +628,7 @@ fn check_header_nesting(mut sig: Signature) -> Result<Signature> {
     Err(Error::Decode {
         what: "signature",
         message: format!("{what} is nested more than {MAX_HEADER_NESTING} levels deep"),
+        source: None,
     })
 }
 

@@ -252,11 +252,37 @@ impl TaskState {
     }
 
     /// Keep what Go keeps from the earlier stored state: `CreatedAt`, and `TaskName` when this
-    /// one has none.
+    /// one has none. Prefer [`TaskState::merge_stored`], which also applies the PENDING rule.
     pub fn merge_previous(&mut self, previous: &TaskState) {
         self.created_at = previous.created_at;
         if self.task_name.is_empty() {
             self.task_name.clone_from(&previous.task_name);
+        }
+    }
+
+    /// **The state-merge rule**, the one place it is stated: a PENDING state starts afresh (a
+    /// retry's PENDING is a re-creation with a new `CreatedAt`, as in Go); a later state keeps
+    /// the stored `CreatedAt`, and the stored `TaskName` when its own is empty. Backends apply
+    /// it when they store (in their own atomic way: a Lua script, an upsert), and the
+    /// conformance case `set_state_keeps_created_at` checks every backend against this
+    /// function.
+    ///
+    /// ```
+    /// use machinery_core::{Signature, State, TaskState};
+    ///
+    /// let sig = Signature::new("add");
+    /// let stored = TaskState::pending(&sig);
+    /// let mut started = TaskState { state: State::Started, task_name: String::new(), ..stored.clone() };
+    /// started.created_at = machinery_core::time::now() + chrono::Duration::hours(1);
+    /// started.merge_stored(Some(&stored));
+    /// assert_eq!((started.created_at, started.task_name.as_str()), (stored.created_at, "add"));
+    /// ```
+    pub fn merge_stored(&mut self, stored: Option<&TaskState>) {
+        if self.state == State::Pending {
+            return;
+        }
+        if let Some(stored) = stored {
+            self.merge_previous(stored);
         }
     }
 
@@ -265,7 +291,7 @@ impl TaskState {
     /// # Errors
     /// Never for well-formed values; kept fallible for symmetry.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        json::to_vec(self).map_err(|e| Error::decode("task state", e))
+        json::to_vec(self).map_err(|e| Error::encode_caused("task state", e))
     }
 
     /// Decode Go's JSON (leniently).
@@ -273,7 +299,7 @@ impl TaskState {
     /// # Errors
     /// [`Error::Decode`] when the bytes are not a task state.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::decode("task state", e))
+        serde_json::from_slice(bytes).map_err(|e| Error::decode_caused("task state", e))
     }
 }
 
@@ -338,7 +364,7 @@ impl GroupMeta {
     /// # Errors
     /// Never for well-formed values.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        json::to_vec(self).map_err(|e| Error::decode("group meta", e))
+        json::to_vec(self).map_err(|e| Error::encode_caused("group meta", e))
     }
 
     /// Decode Go's JSON (leniently).
@@ -346,6 +372,6 @@ impl GroupMeta {
     /// # Errors
     /// [`Error::Decode`] when the bytes are not a group meta.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::decode("group meta", e))
+        serde_json::from_slice(bytes).map_err(|e| Error::decode_caused("group meta", e))
     }
 }

@@ -64,8 +64,13 @@ impl fmt::Debug for Worker {
     }
 }
 
-/// A handle on a worker running in the background.
+/// A handle on a worker running in the background, from [`Worker::launch`].
+///
+/// `launch` does not block (unlike Go's `worker.Launch()`): the program must keep the handle
+/// and `join().await` it (or `.await` [`Worker::run`] instead), else `main` returns and the
+/// worker ends with it. Dropping the handle leaves the worker running in the background.
 #[derive(Debug)]
+#[must_use = "launch() returns at once: keep the handle and `.join().await` it (or use `run().await`, which blocks like Go's Launch)"]
 pub struct WorkerHandle {
     stop: CancellationToken,
     abort: CancellationToken,
@@ -95,7 +100,7 @@ impl WorkerHandle {
                 driver: "worker",
                 message: format!("worker task ended abnormally: {e}"),
                 temporary: false,
-                source: None,
+                source: Some(Box::new(e)),
             }),
         }
     }
@@ -163,7 +168,8 @@ impl Worker {
         self.hooks.pre_consume = Some(Arc::new(f));
     }
 
-    /// Run until stopped: the first SIGINT / SIGTERM stops taking tasks and waits for running
+    /// Run until stopped; this call blocks (awaits) like Go's `worker.Launch()`.
+    /// The first SIGINT / SIGTERM stops taking tasks and waits for running
     /// ones (returns `Ok`), a second one returns [`Error::Aborted`] at once.
     ///
     /// # Errors
@@ -180,7 +186,9 @@ impl Worker {
         result
     }
 
-    /// Run in the background; the handle quits or aborts it.
+    /// Run in the background and return at once; the handle quits, aborts or joins it.
+    /// This call does **not** block: Go's blocking `worker.Launch()` is
+    /// `worker.run().await`; `launch()` is Go's `LaunchAsync`.
     pub fn launch(self) -> WorkerHandle {
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -724,7 +732,7 @@ impl Runner {
             .await
         {
             Ok(done) => done,
-            Err(Error::NotFound(_)) => {
+            Err(e) if e.is_not_found() => {
                 // A group this backend never recorded (e.g. sent by a Go producer whose
                 // backend keeps no group meta): the backend may track it from what the
                 // member carries; otherwise nothing to track; do not requeue forever.

@@ -2,11 +2,13 @@
 //! retry back-off, and the handles for waiting on results.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::types::{ArgError, FromResults};
 use crate::{
-    Backend, Error, Result, Signature, State, TaskResult, TaskState, new_chord_uuid,
+    Backend, Backoff, Error, Result, Signature, State, TaskResult, TaskState, new_chord_uuid,
     new_group_uuid, new_task_uuid,
 };
 
@@ -160,7 +162,9 @@ impl AsyncResult {
             }))
     }
 
-    /// Wait for the task to complete, polling every `poll`.
+    /// Wait for the task to complete: on a backend that pushes state changes (memory) the
+    /// wait wakes on the push; on the others it reads the state again after a pause that
+    /// starts at 1 ms and doubles up to `poll` (see [`WaitStrategy`]).
     ///
     /// # Errors
     /// [`Error::TaskFailed`] with the task's error when it ended in FAILURE; backend errors.
@@ -190,12 +194,35 @@ impl AsyncResult {
     }
 }
 
+/// The longest pause between two reads of a backend that cannot push (the back-off of
+/// [`wait_for`] starts at 1 ms and doubles up to it).
 pub(crate) fn default_poll() -> Duration {
-    Duration::from_millis(5)
+    Duration::from_millis(50)
 }
 
 pub(crate) fn convert_results<T: FromResults>(results: &[TaskResult]) -> Result<T> {
-    T::from_results(results).map_err(|e: ArgError| Error::decode("task results", e))
+    T::from_results(results).map_err(|e: ArgError| Error::decode_caused("task results", e))
+}
+
+/// How [`wait_for`] learns that a state changed, for a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// The backend pushes every stored state ([`Backend::state_changes`]); no polling.
+    Push,
+    /// The backend is read again after a pause that starts at 1 ms and doubles up to the
+    /// poll interval.
+    PollWithBackoff,
+}
+
+impl WaitStrategy {
+    /// The strategy result waiting uses on `backend`.
+    pub fn of(backend: &dyn Backend) -> Self {
+        if backend.state_changes().is_some() {
+            WaitStrategy::Push
+        } else {
+            WaitStrategy::PollWithBackoff
+        }
+    }
 }
 
 async fn wait_for(
@@ -205,7 +232,13 @@ async fn wait_for(
     poll: Duration,
 ) -> Result<Vec<TaskResult>> {
     let start = Instant::now();
+    let mut changes = backend.state_changes();
+    let mut backoff = Backoff::new(Duration::from_millis(1), poll);
     loop {
+        if let Some(rx) = &mut changes {
+            // Mark the current version seen before reading, so a write after the read wakes us.
+            rx.borrow_and_update();
+        }
         if let Some(state) = backend.state(uuid).await? {
             match state.state {
                 State::Success => return Ok(state.results.unwrap_or_default()),
@@ -213,12 +246,22 @@ async fn wait_for(
                 _ => {}
             }
         }
-        if let Some(t) = timeout
-            && start.elapsed() >= t
-        {
-            return Err(Error::Timeout(t));
+        let left = match timeout {
+            Some(t) if start.elapsed() >= t => return Err(Error::Timeout(t)),
+            Some(t) => t - start.elapsed(),
+            None => Duration::MAX,
+        };
+        match &mut changes {
+            Some(rx) => {
+                // A push wakes us at once; the periodic re-read covers a state that expired
+                // or was written by another process sharing no channel with this one.
+                let pause = left.min(Duration::from_secs(1));
+                if let Ok(Err(_)) = tokio::time::timeout(pause, rx.changed()).await {
+                    changes = None;
+                }
+            }
+            None => tokio::time::sleep(backoff.next_delay().min(left)).await,
         }
-        tokio::time::sleep(poll).await;
     }
 }
 
@@ -297,6 +340,102 @@ impl ChordAsyncResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryBackend;
+
+    /// A backend that hides the memory backend's push, as a polling-only driver would.
+    #[derive(Debug)]
+    struct NoPush(MemoryBackend);
+
+    #[async_trait::async_trait]
+    impl Backend for NoPush {
+        fn driver(&self) -> &'static str {
+            "no-push"
+        }
+        fn capabilities(&self) -> crate::BackendCapabilities {
+            self.0.capabilities()
+        }
+        async fn set_state(&self, state: &TaskState) -> Result<()> {
+            self.0.set_state(state).await
+        }
+        async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {
+            self.0.state(task_uuid).await
+        }
+        async fn init_group(&self, group_uuid: &str, task_uuids: &[String]) -> Result<()> {
+            self.0.init_group(group_uuid, task_uuids).await
+        }
+        async fn group_states(&self, group_uuid: &str) -> Result<Vec<TaskState>> {
+            self.0.group_states(group_uuid).await
+        }
+        async fn trigger_chord(&self, group_uuid: &str) -> Result<bool> {
+            self.0.trigger_chord(group_uuid).await
+        }
+        async fn purge_state(&self, task_uuid: &str) -> Result<()> {
+            self.0.purge_state(task_uuid).await
+        }
+        async fn purge_group(&self, group_uuid: &str) -> Result<()> {
+            self.0.purge_group(group_uuid).await
+        }
+    }
+
+    /// Store SUCCESS for `sig` once `ready` fires.
+    fn succeed_later(
+        backend: Arc<dyn Backend>,
+        sig: Signature,
+        ready: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        tokio::spawn(async move {
+            let _ = ready.await;
+            let ok = TaskState::success(&sig, Vec::new());
+            backend.set_state(&ok).await.expect("store success");
+        });
+    }
+
+    /// On the memory backend a waiter wakes on the push: with a poll interval of an hour it
+    /// still sees SUCCESS at once (a polling waiter would sleep the hour).
+    #[tokio::test]
+    async fn waiting_on_a_pushing_backend_wakes_on_the_push() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        assert_eq!(WaitStrategy::of(backend.as_ref()), WaitStrategy::Push);
+        let sig = Signature::new("t");
+        backend.set_state(&TaskState::pending(&sig)).await.unwrap();
+        let res = AsyncResult::new(sig.clone(), Arc::clone(&backend));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        succeed_later(Arc::clone(&backend), sig, rx);
+        let waiting = tokio::spawn(async move { res.get(Duration::from_secs(3600)).await });
+        // Let the waiter read PENDING and go to sleep on the push, then store SUCCESS.
+        tokio::task::yield_now().await;
+        tx.send(()).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), waiting)
+            .await
+            .expect("the waiter did not wake on the push")
+            .unwrap();
+        assert_eq!(got.unwrap(), Vec::new());
+    }
+
+    /// Without a push the waiter polls with a back-off capped by `poll`, and still times out
+    /// on time.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_without_push_backs_off_and_times_out() {
+        let backend: Arc<dyn Backend> = Arc::new(NoPush(MemoryBackend::new()));
+        assert_eq!(
+            WaitStrategy::of(backend.as_ref()),
+            WaitStrategy::PollWithBackoff
+        );
+        let sig = Signature::new("t");
+        let res = AsyncResult::new(sig.clone(), Arc::clone(&backend));
+        let err = res
+            .get_with_timeout(Duration::from_millis(200), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        succeed_later(Arc::clone(&backend), sig, rx);
+        tx.send(()).unwrap();
+        let got = res
+            .get_with_timeout(Duration::from_secs(5), Duration::from_millis(50))
+            .await;
+        assert_eq!(got.unwrap(), Vec::new());
+    }
 
     #[test]
     fn fibonacci_matches_go() {

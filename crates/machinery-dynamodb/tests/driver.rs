@@ -34,7 +34,7 @@ async fn missing_table_names_it_and_how_to_create_it() {
         ..common::config(&url, &ns)
     };
     match DynamoBackend::connect(config).await {
-        Err(Error::Config { key, message }) => {
+        Err(Error::Config { key, message, .. }) => {
             assert_eq!(key, "dynamodb.task_states_table");
             assert!(message.contains(&format!("{ns}_task_states")), "{message}");
             assert!(message.contains("create-table"), "{message}");
@@ -213,15 +213,15 @@ async fn expired_items_read_as_absent() {
         .unwrap();
     assert!(matches!(
         b.group_states(&group).await,
-        Err(Error::NotFound(_))
+        Err(Error::GroupNotFound(_))
     ));
     assert!(matches!(
         b.trigger_chord(&group).await,
-        Err(Error::NotFound(_))
+        Err(Error::GroupNotFound(_))
     ));
     assert!(matches!(
         b.mark_group_member_done(&group, &uuid).await,
-        Err(Error::NotFound(_))
+        Err(Error::GroupNotFound(_))
     ));
     // A TTL of 0 (Go's PENDING) never expires.
     let sig = Signature::new("pending");

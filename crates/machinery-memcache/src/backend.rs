@@ -572,7 +572,7 @@ impl Backend for MemcacheBackend {
         let mut keys = vec![group_uuid.to_owned(), counter_key(group_uuid)];
         match self.group_meta(group_uuid, false).await {
             Ok((meta, _)) => keys.extend(meta.task_uuids.iter().map(|t| member_key(group_uuid, t))),
-            Err(Error::NotFound(_)) => {}
+            Err(Error::GroupNotFound(_)) => {}
             Err(e) => return Err(e),
         }
         keys.retain(|k| self.client().check_key(k).is_ok());

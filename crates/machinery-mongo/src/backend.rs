@@ -224,11 +224,23 @@ impl MongoBackend {
             unset.insert("delete_at", "");
         }
         let (created, nanos) = to_bson_date(&state.created_at);
-        let mut on_insert = doc! { "created_at": created };
-        if nanos != 0 {
-            on_insert.insert(CREATED_AT_NANOS_FIELD, nanos);
-        }
-        let mut update = doc! { "$set": set, "$setOnInsert": on_insert };
+        // Core's state-merge rule (TaskState::merge_stored): PENDING starts afresh (Go's
+        // SetStatePending also `$set`s created_at); later states keep the stored one.
+        let mut update = if state.state == State::Pending {
+            set.insert("created_at", created);
+            if nanos != 0 {
+                set.insert(CREATED_AT_NANOS_FIELD, nanos);
+            } else {
+                unset.insert(CREATED_AT_NANOS_FIELD, "");
+            }
+            doc! { "$set": set }
+        } else {
+            let mut on_insert = doc! { "created_at": created };
+            if nanos != 0 {
+                on_insert.insert(CREATED_AT_NANOS_FIELD, nanos);
+            }
+            doc! { "$set": set, "$setOnInsert": on_insert }
+        };
         if !unset.is_empty() {
             update.insert("$unset", unset);
         }
@@ -245,7 +257,7 @@ impl MongoBackend {
             .map_err(|e| error::map(format!("cannot read group {group_uuid}"), e))?;
         match found {
             Some(d) if !expired(&d) => Ok(d),
-            _ => Err(Error::NotFound(group_uuid.to_owned())),
+            _ => Err(Error::GroupNotFound(group_uuid.to_owned())),
         }
     }
 }
@@ -351,12 +363,17 @@ impl Backend for MongoBackend {
         DRIVER
     }
 
+    #[allow(
+        clippy::needless_update,
+        reason = "a capability added later defaults to `false` without editing this driver"
+    )]
     fn capabilities(&self) -> BackendCapabilities {
         BackendCapabilities {
             expiry: true,
             keeps_created_at: true,
             batched_group_states: true,
             group_completion_counter: true,
+            ..Default::default()
         }
     }
 
@@ -527,7 +544,7 @@ impl Backend for MongoBackend {
                 )
             })?;
         let Some(d) = found else {
-            return Err(Error::NotFound(group_uuid.to_owned()));
+            return Err(Error::GroupNotFound(group_uuid.to_owned()));
         };
         int_of(d.get("done"))
             .and_then(|n| usize::try_from(n).ok())

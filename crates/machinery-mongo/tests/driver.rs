@@ -194,15 +194,15 @@ fn expired_documents_read_as_absent() {
         assert!(backend.state("fresh").await.unwrap().is_some());
         assert!(matches!(
             backend.group_states("group_old").await,
-            Err(Error::NotFound(_))
+            Err(Error::GroupNotFound(_))
         ));
         assert!(matches!(
             backend.trigger_chord("group_old").await,
-            Err(Error::NotFound(_))
+            Err(Error::GroupNotFound(_))
         ));
         assert!(matches!(
             backend.mark_group_member_done("group_old", "fresh").await,
-            Err(Error::NotFound(_))
+            Err(Error::GroupNotFound(_))
         ));
         // The expired document is still stored (the TTL monitor has not run): hidden, not gone.
         assert!(

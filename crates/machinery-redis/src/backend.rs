@@ -140,7 +140,7 @@ impl RedisBackend {
             // Member keys live on other nodes: read the meta, then one MGET that the cluster
             // client splits per node.
             let meta: Option<Vec<u8>> = conn.get(group_uuid).await.map_err(fail)?;
-            let meta = meta.ok_or_else(|| Error::NotFound(group_uuid.to_owned()))?;
+            let meta = meta.ok_or_else(|| Error::GroupNotFound(group_uuid.to_owned()))?;
             let meta = GroupMeta::from_json(&meta)?;
             if meta.task_uuids.is_empty() {
                 return Ok((meta, Vec::new()));
@@ -157,9 +157,9 @@ impl RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(fail)?;
-        let mut reply = reply.ok_or_else(|| Error::NotFound(group_uuid.to_owned()))?;
+        let mut reply = reply.ok_or_else(|| Error::GroupNotFound(group_uuid.to_owned()))?;
         if reply.is_empty() {
-            return Err(Error::NotFound(group_uuid.to_owned()));
+            return Err(Error::GroupNotFound(group_uuid.to_owned()));
         }
         let meta = reply.remove(0).unwrap_or_default();
         let meta = GroupMeta::from_json(&meta)?;
@@ -209,7 +209,8 @@ fn split_state<'a>(json: &'a [u8], state: &TaskState) -> Result<StatePieces<'a>>
     const CREATED_KEY: &[u8] = b",\"CreatedAt\":";
     const TTL_KEY: &[u8] = b",\"TTL\":";
     let name_start = find(json, NAME_KEY).ok_or_else(bad)? + NAME_KEY.len();
-    let name_json = json::to_vec(&state.task_name).map_err(|e| Error::decode("task state", e))?;
+    let name_json =
+        json::to_vec(&state.task_name).map_err(|e| Error::encode_caused("task state", e))?;
     let name_end = name_start + name_json.len();
     if json.get(name_start..name_end) != Some(&name_json[..]) {
         return Err(bad());
@@ -234,12 +235,17 @@ impl Backend for RedisBackend {
         DRIVER
     }
 
+    #[allow(
+        clippy::needless_update,
+        reason = "a capability added later defaults to `false` without editing this driver"
+    )]
     fn capabilities(&self) -> BackendCapabilities {
         BackendCapabilities {
             expiry: true,
             keeps_created_at: true,
             batched_group_states: !self.inner.conn.is_cluster(),
             group_completion_counter: !self.inner.conn.is_cluster(),
+            ..Default::default()
         }
     }
 
@@ -339,7 +345,7 @@ impl Backend for RedisBackend {
         match outcome {
             1 => Ok(true),
             0 => Ok(false),
-            _ => Err(Error::NotFound(group_uuid.to_owned())),
+            _ => Err(Error::GroupNotFound(group_uuid.to_owned())),
         }
     }
 
@@ -360,7 +366,7 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| error::map(format!("cannot count the members of {group_uuid}"), e))?;
-        usize::try_from(done).map_err(|_| Error::NotFound(group_uuid.to_owned()))
+        usize::try_from(done).map_err(|_| Error::GroupNotFound(group_uuid.to_owned()))
     }
 
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {

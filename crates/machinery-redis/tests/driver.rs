@@ -577,7 +577,10 @@ async fn group_member_done_counts_once_and_sees_members_go_finished() {
         .mark_group_member_done(&group, &members[0])
         .await
         .expect_err("unknown group");
-    assert!(matches!(err, machinery_core::Error::NotFound(_)), "{err}");
+    assert!(
+        matches!(err, machinery_core::Error::GroupNotFound(_)),
+        "{err}"
+    );
     common::delete_prefix(&mut raw, &ns).await;
 }
 
@@ -843,7 +846,7 @@ async fn backend_and_lock_work_on_a_redis_cluster() {
     backend.purge_group(&group).await.unwrap();
     assert!(matches!(
         backend.group_states(&group).await,
-        Err(machinery_core::Error::NotFound(_))
+        Err(machinery_core::Error::GroupNotFound(_))
     ));
     let lock = RedisLock::connect(common::config(&url, &ns)).await.unwrap();
     let deadline = machinery_core::time::unix_nanos(&machinery_core::time::now()) + 1_000_000_000;

@@ -66,8 +66,10 @@ pub async fn state_lifecycle_roundtrips(factory: impl BackendFactory) {
     assert!(got.is_success() && got.is_completed());
 }
 
-/// `set_state_keeps_created_at` (capability `keeps_created_at`): a later state keeps the
-/// stored `CreatedAt`, and the stored `TaskName` when it has none.
+/// `set_state_keeps_created_at` (capability `keeps_created_at`): the backend follows core's
+/// state-merge rule ([`TaskState::merge_stored`]): a later state keeps the stored
+/// `CreatedAt`, and the stored `TaskName` when it has none; a PENDING state (a retry's
+/// re-creation) starts afresh.
 pub async fn set_state_keeps_created_at(factory: impl BackendFactory) {
     let Some(backend) = start(&factory, BackendSetup::random()).await else {
         return;
@@ -89,11 +91,41 @@ pub async fn set_state_keeps_created_at(factory: impl BackendFactory) {
     set(&*backend, &started).await;
     let got = get(&*backend, &sig.uuid).await;
     assert_eq!(got.state, State::Started, "the later state was not stored");
-    if backend.capabilities().keeps_created_at {
+    let keeps = backend.capabilities().keeps_created_at;
+    if keeps {
+        let mut expected = started.clone();
+        expected.merge_stored(Some(&pending));
+        assert_eq!(
+            got.created_at, expected.created_at,
+            "CreatedAt was not kept"
+        );
         assert_eq!(got.created_at, created_at, "CreatedAt was not kept");
+        assert_eq!(got.task_name, expected.task_name, "TaskName was not kept");
         assert_eq!(got.task_name, sig.name, "TaskName was not kept");
     } else {
         eprintln!("note: capability keeps_created_at is false; checked only the state");
+    }
+    // A retry stores PENDING again: it starts afresh, with its own CreatedAt.
+    let retried_at = time::now() + chrono::Duration::hours(1);
+    let again = TaskState {
+        created_at: retried_at,
+        ..TaskState::pending(&sig)
+    };
+    set(&*backend, &again).await;
+    let got = get(&*backend, &sig.uuid).await;
+    assert_eq!(
+        got.state,
+        State::Pending,
+        "the retry's PENDING was not stored"
+    );
+    if keeps {
+        let mut expected = again.clone();
+        expected.merge_stored(Some(&started));
+        assert_eq!(expected.created_at, retried_at);
+        assert_eq!(
+            got.created_at, expected.created_at,
+            "PENDING must start afresh (a retry's new CreatedAt), not keep the stored one"
+        );
     }
 }
 
@@ -274,7 +306,7 @@ pub async fn trigger_chord_fires_exactly_once_under_contention(factory: impl Bac
 /// `group_member_done_counts_each_member_once`: `mark_group_member_done` (called after a
 /// member's final state is stored) counts distinct members: a repeated call for the same
 /// member does not count twice, concurrent members always let one caller see the full
-/// count, groups are independent, and an unknown group is [`Error::NotFound`].
+/// count, groups are independent, and an unknown group is [`Error::GroupNotFound`].
 pub async fn group_member_done_counts_each_member_once(factory: impl BackendFactory) {
     let Some(backend) = start(&factory, BackendSetup::random()).await else {
         return;
@@ -363,27 +395,35 @@ pub async fn group_member_done_counts_each_member_once(factory: impl BackendFact
         .mark_group_member_done(&new_group_uuid(), &uuids[0])
         .await
     {
-        Err(Error::NotFound(_)) => {}
+        Err(Error::GroupNotFound(_)) => {}
         other => {
-            panic!("mark_group_member_done of an unknown group: expected NotFound, got {other:?}")
+            panic!(
+                "mark_group_member_done of an unknown group: expected Error::GroupNotFound, got {other:?}"
+            )
         }
     }
 }
 
 /// `trigger_chord_unknown_group_errors`: `trigger_chord` and `group_states` of a group never
-/// initialised are [`Error::NotFound`].
+/// initialised are [`Error::GroupNotFound`] (whose message says "group").
 pub async fn trigger_chord_unknown_group_errors(factory: impl BackendFactory) {
     let Some(backend) = start(&factory, BackendSetup::random()).await else {
         return;
     };
     let group = new_group_uuid();
     match backend.trigger_chord(&group).await {
-        Err(Error::NotFound(_)) => {}
-        other => panic!("trigger_chord of an unknown group: expected NotFound, got {other:?}"),
+        Err(e @ Error::GroupNotFound(_)) => {
+            assert!(e.to_string().contains("group"), "{e}");
+        }
+        other => panic!(
+            "trigger_chord of an unknown group: expected Error::GroupNotFound, got {other:?}"
+        ),
     }
     match backend.group_states(&group).await {
-        Err(Error::NotFound(_)) => {}
-        other => panic!("group_states of an unknown group: expected NotFound, got {other:?}"),
+        Err(Error::GroupNotFound(_)) => {}
+        other => {
+            panic!("group_states of an unknown group: expected Error::GroupNotFound, got {other:?}")
+        }
     }
 }
 
@@ -416,12 +456,18 @@ pub async fn purge_removes_state_and_group(factory: impl BackendFactory) {
 
     backend.purge_group(&group).await.expect("purge_group");
     assert!(
-        matches!(backend.group_states(&group).await, Err(Error::NotFound(_))),
-        "group_states after purge_group must be NotFound"
+        matches!(
+            backend.group_states(&group).await,
+            Err(Error::GroupNotFound(_))
+        ),
+        "group_states after purge_group must be GroupNotFound"
     );
     assert!(
-        matches!(backend.trigger_chord(&group).await, Err(Error::NotFound(_))),
-        "trigger_chord after purge_group must be NotFound"
+        matches!(
+            backend.trigger_chord(&group).await,
+            Err(Error::GroupNotFound(_))
+        ),
+        "trigger_chord after purge_group must be GroupNotFound"
     );
     assert!(
         backend.state(&b.uuid).await.expect("state").is_some(),
@@ -462,7 +508,10 @@ pub async fn results_expire(factory: impl BackendFactory) {
     let deadline = Instant::now() + ttl + Duration::from_secs(3);
     loop {
         let state_gone = backend.state(&sig.uuid).await.expect("state").is_none();
-        let group_gone = matches!(backend.group_states(&group).await, Err(Error::NotFound(_)));
+        let group_gone = matches!(
+            backend.group_states(&group).await,
+            Err(Error::GroupNotFound(_))
+        );
         if state_gone && group_gone {
             break;
         }

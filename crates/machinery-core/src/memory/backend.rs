@@ -47,6 +47,8 @@ pub struct MemoryBackend {
 struct Inner {
     ttl: Duration,
     data: Mutex<Data>,
+    /// Bumped after every stored state: waiters on results wake on it instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -117,6 +119,7 @@ impl MemoryBackend {
             inner: Arc::new(Inner {
                 ttl,
                 data: Mutex::new(Data::default()),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -140,7 +143,7 @@ impl MemoryBackend {
 
     fn group(data: &mut Data, group_uuid: &str) -> Result<GroupMeta> {
         let entry = Data::live(&mut data.groups, group_uuid)
-            .ok_or_else(|| Error::NotFound(group_uuid.to_owned()))?;
+            .ok_or_else(|| Error::GroupNotFound(group_uuid.to_owned()))?;
         GroupMeta::from_json(&entry.json)
     }
 }
@@ -151,28 +154,38 @@ impl Backend for MemoryBackend {
         DRIVER
     }
 
+    #[allow(
+        clippy::needless_update,
+        reason = "a capability added later defaults to `false` without editing this driver"
+    )]
     fn capabilities(&self) -> BackendCapabilities {
         BackendCapabilities {
             expiry: true,
             keeps_created_at: true,
             batched_group_states: true,
             group_completion_counter: true,
+            ..Default::default()
         }
     }
 
     async fn set_state(&self, state: &TaskState) -> Result<()> {
         let mut data = self.data();
         let mut state = state.clone();
-        // PENDING is a (re)creation: a retry's PENDING gets a new CreatedAt, as in Go.
         if state.state != State::Pending
             && let Some(prev) = Data::live(&mut data.states, &state.task_uuid)
         {
-            state.merge_previous(&TaskState::from_json(&prev.json)?);
+            state.merge_stored(Some(&TaskState::from_json(&prev.json)?));
         }
         let entry = self.entry(state.to_json()?);
         data.states.insert(state.task_uuid, entry);
         data.wrote();
+        drop(data);
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    fn state_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.inner.changes.subscribe())
     }
 
     async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {
@@ -226,7 +239,7 @@ impl Backend for MemoryBackend {
         let mut data = self.data();
         if Data::live(&mut data.groups, group_uuid).is_none() {
             data.done.remove(group_uuid);
-            return Err(Error::NotFound(group_uuid.to_owned()));
+            return Err(Error::GroupNotFound(group_uuid.to_owned()));
         }
         let members = data.done.entry(group_uuid.to_owned()).or_default();
         members.insert(task_uuid.to_owned());
@@ -284,7 +297,7 @@ mod tests {
         assert!(b.state(&sig.uuid).await.unwrap().is_none());
         assert!(matches!(
             b.trigger_chord("g").await,
-            Err(Error::NotFound(_))
+            Err(Error::GroupNotFound(_))
         ));
         // An expired previous state is not merged into a new one.
         let later = TaskState {
