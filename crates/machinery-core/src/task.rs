@@ -89,6 +89,13 @@ fn to_task_error<E: fmt::Display + Send + 'static>(e: E) -> TaskError {
 /// A function that can be registered as a task. Implemented for async functions (and
 /// closures returning futures) of up to 8 typed parameters, optionally preceded by a
 /// [`TaskContext`]. `M` is a marker that keeps the implementations apart; callers never name it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be registered as a task",
+    label = "not a task function",
+    note = "a task is an `async fn` (or a closure returning a `Send` future) taking up to 8 owned parameters, optionally preceded by `TaskContext`",
+    note = "parameters are owned Go-convertible types: i64/i32/.../u64, f64/f32, bool, String, Vec<T>, Vec<u8>, GoValue, or a single `Variadic<T>` (no `&str` / references)",
+    note = "it returns `Result<T, E>`: T is `()`, one such value or a tuple of them; E is any `Display` error (e.g. `String`, `TaskError` for retry-later / fatal)"
+)]
 pub trait TaskHandler<M>: Send + Sync + 'static {
     /// The Rust names of the typed parameters, for error messages.
     fn param_types(&self) -> Vec<&'static str>;

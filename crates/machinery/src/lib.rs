@@ -3,9 +3,8 @@
 pub use machinery_core::*;
 
 mod connect;
-pub mod example_tasks;
 
-pub use connect::{backend_from_url, broker_from_url, lock_from_url, server_from_config};
+pub use connect::{DRIVERS, backend_from_url, broker_from_url, lock_from_url, server_from_config};
 
 /// The Redis driver (feature `redis`).
 #[cfg(feature = "redis")]
@@ -29,3 +28,16 @@ pub use machinery_dynamodb as dynamodb;
 /// The AWS SQS broker (feature `sqs`).
 #[cfg(feature = "sqs")]
 pub use machinery_sqs as sqs;
+
+/// How to add a driver (`docs/adding-a-driver.md`; its snippets compile as doctests).
+#[doc = include_str!("../../../docs/adding-a-driver.md")]
+pub mod adding_a_driver {}
+
+/// The user guide (`docs/guide.md`): every feature of Go Machinery's README in its Rust form.
+/// Its snippets compile (and, on the memory driver, run) as doctests.
+#[doc = include_str!("../../../docs/guide.md")]
+pub mod guide {}
+
+/// The repository's README; its "Use it" snippet compiles as a doctest.
+#[doc = include_str!("../../../README.md")]
+pub mod readme {}
