@@ -264,10 +264,28 @@ mod tests {
             "dynamodb://eu-west-1",
             "dynamodb+http://127.0.0.1:4566",
         ] {
-            assert_eq!(pick(DRIVERS, Kind::Backend, url).unwrap().name, "dynamodb", "{url}");
+            assert_eq!(
+                pick(DRIVERS, Kind::Backend, url).unwrap().name,
+                "dynamodb",
+                "{url}"
+            );
         }
-        assert!(pick(DRIVERS, Kind::Backend, "https://sqs.eu-west-1.amazonaws.com").is_none());
-        assert!(pick(DRIVERS, Kind::Broker, "https://dynamodb.eu-west-1.amazonaws.com").is_none());
+        assert!(
+            pick(
+                DRIVERS,
+                Kind::Backend,
+                "https://sqs.eu-west-1.amazonaws.com"
+            )
+            .is_none()
+        );
+        assert!(
+            pick(
+                DRIVERS,
+                Kind::Broker,
+                "https://dynamodb.eu-west-1.amazonaws.com"
+            )
+            .is_none()
+        );
     }
 
     #[cfg(feature = "redis")]
