@@ -166,7 +166,7 @@ impl Server {
         self.register(name, Task::new(handler).with_options(options))
     }
 
-    /// Register several tasks made with [`crate::task`].
+    /// Register several tasks made with [`crate::task()`].
     ///
     /// # Errors
     /// [`Error::Config`] when a name is empty; nothing is registered then.

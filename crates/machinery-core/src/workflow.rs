@@ -204,7 +204,7 @@ pub(crate) fn convert_results<T: FromResults>(results: &[TaskResult]) -> Result<
     T::from_results(results).map_err(|e: ArgError| Error::decode_caused("task results", e))
 }
 
-/// How [`wait_for`] learns that a state changed, for a backend.
+/// How result waiting (`AsyncResult::get` and friends) learns that a state changed, for a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// The backend pushes every stored state ([`Backend::state_changes`]); no polling.
