@@ -252,7 +252,7 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no result backend driver"), "{err}");
+        assert!(err.contains("no result backend"), "{err}");
     }
 
     #[cfg(feature = "dynamodb")]
