@@ -159,9 +159,16 @@ impl MemcacheBackend {
         &self.inner.client
     }
 
-    /// The absolute expiry Go sends: now + `results_expire_in`, as a Unix time.
+    /// The absolute expiry Go sends: now + `results_expire_in`, as a Unix time, rounded up to
+    /// the next whole second (memcached counts whole seconds: rounding down would let a 1 s
+    /// expiry end at once).
     fn expiry(&self) -> Ttl {
-        Ttl::at(SystemTime::now() + Duration::from_secs(self.inner.ttl_secs))
+        let at = SystemTime::now() + Duration::from_secs(self.inner.ttl_secs);
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .unwrap_or(0);
+        Ttl::at(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     }
 
     fn set_op(&self, key: &str, value: &[u8]) -> Set {
