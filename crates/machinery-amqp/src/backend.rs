@@ -1,9 +1,8 @@
 //! [`AmqpBackend`]: Go Machinery's queue-per-task result layout on long-lived connections,
 //! with reads that return the latest state and a chord trigger that fires once.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,7 +11,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use machinery_core::{
-    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, Timestamp, time,
+    Backend, BackendCapabilities, Backoff, Error, GroupMeta, Result, State, TaskState, Timestamp,
+    TtlCache, time,
 };
 
 use crate::config::{AmqpConfig, short};
@@ -57,15 +57,15 @@ struct BackendInner {
     link: Link,
     ttl_ms: i32,
     /// Group members by group, until the group expires.
-    metas: Mutex<HashMap<String, Cached<Arc<Vec<String>>>>>,
+    metas: TtlCache<Arc<Vec<String>>>,
     /// `CreatedAt` / `TaskName` of tasks this process wrote or read, to keep them in later
     /// states without reading the queue each time.
-    origins: Mutex<HashMap<String, Cached<(Timestamp, String)>>>,
+    origins: TtlCache<(Timestamp, String)>,
     /// Groups found to have no meta of ours (a Go producer's groups), until they expire.
-    foreign: Mutex<HashMap<String, Cached<()>>>,
+    foreign: TtlCache<()>,
     /// The largest completion count this process saw per foreign group: `group_states`
     /// reads Go's group queue until it has at least that many members.
-    foreign_done: Mutex<HashMap<String, Cached<usize>>>,
+    foreign_done: TtlCache<usize>,
     /// Striped locks serialising this process's marks of one member, so that concurrent
     /// repeats see each other's marker.
     marking: Vec<tokio::sync::Mutex<()>>,
@@ -73,42 +73,6 @@ struct BackendInner {
 
 /// Number of [`BackendInner::marking`] stripes.
 const MARK_STRIPES: usize = 64;
-
-#[derive(Clone)]
-struct Cached<T> {
-    value: T,
-    until: Instant,
-}
-
-fn cache_get<T: Clone>(m: &Mutex<HashMap<String, Cached<T>>>, key: &str) -> Option<T> {
-    let mut map = lock(m);
-    match map.get(key) {
-        Some(c) if c.until > Instant::now() => Some(c.value.clone()),
-        Some(_) => {
-            map.remove(key);
-            None
-        }
-        None => None,
-    }
-}
-
-fn cache_put<T>(m: &Mutex<HashMap<String, Cached<T>>>, key: String, value: T, ttl: Duration) {
-    let mut map = lock(m);
-    if map.len() >= CACHE_MAX {
-        let now = Instant::now();
-        map.retain(|_, c| c.until > now);
-        if map.len() >= CACHE_MAX {
-            map.clear();
-        }
-    }
-    map.insert(
-        key,
-        Cached {
-            value,
-            until: far_instant(ttl),
-        },
-    );
-}
 
 impl fmt::Debug for AmqpBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,10 +117,10 @@ impl AmqpBackend {
                 config,
                 link,
                 ttl_ms,
-                metas: Mutex::new(HashMap::new()),
-                origins: Mutex::new(HashMap::new()),
-                foreign: Mutex::new(HashMap::new()),
-                foreign_done: Mutex::new(HashMap::new()),
+                metas: TtlCache::new(CACHE_MAX),
+                origins: TtlCache::new(CACHE_MAX),
+                foreign: TtlCache::new(CACHE_MAX),
+                foreign_done: TtlCache::new(CACHE_MAX),
                 marking: (0..MARK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -173,10 +137,6 @@ impl AmqpBackend {
     pub async fn close(&self) {
         self.inner.link.close().await;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keep the channel for reuse: every delivery taken on it was settled.
@@ -215,12 +175,8 @@ impl BackendInner {
         let members = Arc::new(meta.task_uuids.clone());
         let expires_at = meta.created_at + chrono::Duration::milliseconds(i64::from(self.ttl_ms));
         if let Ok(left) = expires_at.signed_duration_since(time::now()).to_std() {
-            cache_put(
-                &self.metas,
-                meta.group_uuid.clone(),
-                Arc::clone(&members),
-                left,
-            );
+            self.metas
+                .insert(meta.group_uuid.clone(), Arc::clone(&members), left);
         }
         members
     }
@@ -228,10 +184,10 @@ impl BackendInner {
     /// The members of `group` in order, or `None` when the group has no meta of ours (it
     /// was not initialised by this backend, e.g. a Go producer's group, or it expired).
     async fn members(&self, group: &str) -> Result<Option<Arc<Vec<String>>>> {
-        if let Some(m) = cache_get(&self.metas, group) {
+        if let Some(m) = self.metas.get(group) {
             return Ok(Some(m));
         }
-        if cache_get(&self.foreign, group).is_some() {
+        if self.foreign.get(group).is_some() {
             return Ok(None);
         }
         let spec = self.private_queue(meta_queue(group));
@@ -247,7 +203,7 @@ impl BackendInner {
             None => {
                 // Our producers write the meta before sending any member: a member whose
                 // group has none belongs to a group sent without one (Go's).
-                cache_put(&self.foreign, group.to_owned(), (), self.ttl());
+                self.foreign.insert(group.to_owned(), (), self.ttl());
                 Ok(None)
             }
         }
@@ -256,7 +212,7 @@ impl BackendInner {
     /// Whether `group`, which has no meta of ours, is a group being tracked from Go's group
     /// queue: adopted here, or with members counted there already (by any worker).
     async fn foreign_known(&self, group: &str) -> Result<bool> {
-        if cache_get(&self.foreign_done, group).is_some() {
+        if self.foreign_done.get(group).is_some() {
             return Ok(true);
         }
         let count = self.done_count(group).await?;
@@ -268,9 +224,10 @@ impl BackendInner {
 
     /// Record `count` as seen for the foreign group `group` (kept as the maximum).
     fn saw_foreign_done(&self, group: &str, count: usize) {
-        let seen = cache_get(&self.foreign_done, group);
+        let seen = self.foreign_done.get(group);
         if seen.is_none_or(|seen| count > seen) {
-            cache_put(&self.foreign_done, group.to_owned(), count, self.ttl());
+            self.foreign_done
+                .insert(group.to_owned(), count, self.ttl());
         }
     }
 
@@ -323,21 +280,19 @@ impl BackendInner {
     /// Read until the state is final or `wait` has passed.
     async fn read_final(&self, task_uuid: &str, wait: Duration) -> Result<Option<Latest>> {
         let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(5);
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
         loop {
             let latest = self.read_latest(task_uuid).await?;
             if latest.as_ref().is_some_and(|l| l.state.is_completed()) || Instant::now() >= deadline
             {
                 return Ok(latest);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(200));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
     fn remember_origin(&self, state: &TaskState) {
-        cache_put(
-            &self.origins,
+        self.origins.insert(
             state.task_uuid.clone(),
             (state.created_at, state.task_name.clone()),
             self.ttl(),
@@ -346,7 +301,7 @@ impl BackendInner {
 
     /// `CreatedAt` and `TaskName` of the task's stored state.
     async fn origin(&self, task_uuid: &str) -> Result<Option<(Timestamp, String)>> {
-        if let Some(o) = cache_get(&self.origins, task_uuid) {
+        if let Some(o) = self.origins.get(task_uuid) {
             return Ok(Some(o));
         }
         Ok(self
@@ -405,9 +360,9 @@ impl BackendInner {
     /// messages, so the listing is repeated (briefly) until it has at least as many members
     /// as this process has seen counted.
     async fn go_group_states(&self, group: &str) -> Result<Vec<TaskState>> {
-        let want = cache_get(&self.foreign_done, group).unwrap_or(0);
+        let want = self.foreign_done.get(group).unwrap_or(0);
         let deadline = Instant::now() + FINAL_STATE_WAIT;
-        let mut pause = Duration::from_millis(2);
+        let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
         loop {
             let listed = self
                 .link
@@ -426,8 +381,7 @@ impl BackendInner {
             if states.len() >= want || Instant::now() >= deadline {
                 return Ok(states);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
@@ -650,7 +604,7 @@ impl Backend for AmqpBackend {
             .write_state(&body, &state.task_uuid, json_properties(0, None))
             .await?;
         if state.is_completed() {
-            lock(&inner.origins).remove(&state.task_uuid);
+            inner.origins.remove(&state.task_uuid);
         } else {
             inner.remember_origin(&state);
         }
@@ -863,7 +817,7 @@ impl Backend for AmqpBackend {
     }
 
     async fn purge_state(&self, task_uuid: &str) -> Result<()> {
-        lock(&self.inner.origins).remove(task_uuid);
+        self.inner.origins.remove(task_uuid);
         self.inner
             .link
             .retrying("purge state", |session| async move {
@@ -873,9 +827,9 @@ impl Backend for AmqpBackend {
     }
 
     async fn purge_group(&self, group_uuid: &str) -> Result<()> {
-        lock(&self.inner.metas).remove(group_uuid);
-        lock(&self.inner.foreign).remove(group_uuid);
-        lock(&self.inner.foreign_done).remove(group_uuid);
+        self.inner.metas.remove(group_uuid);
+        self.inner.foreign.remove(group_uuid);
+        self.inner.foreign_done.remove(group_uuid);
         let queues = [
             group_uuid.to_owned(),
             meta_queue(group_uuid),
@@ -893,25 +847,5 @@ impl Backend for AmqpBackend {
                 Ok(())
             })
             .await
-    }
-}
-
-/// `now + d`, saturated: a huge expiry from the configuration must not panic the caller.
-pub(crate) fn far_instant(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
-        .unwrap_or(now)
-}
-
-#[cfg(test)]
-mod far_instant_tests {
-    use super::*;
-
-    #[test]
-    fn a_huge_expiry_saturates_instead_of_panicking() {
-        let t = far_instant(Duration::MAX);
-        assert!(t > Instant::now() + Duration::from_secs(365 * 24 * 3600));
-        assert!(far_instant(Duration::from_secs(1)) > Instant::now());
     }
 }

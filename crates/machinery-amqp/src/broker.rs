@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AmqpConfig, field_table, json_to_amqp, short};
-use crate::connection::{Backoff, Link, Session};
+use crate::connection::{Link, Session, reconnect_backoff};
 use crate::error::{self, DRIVER};
 use crate::topology::{
     self, Published, QueueSpec, dead_letter_args, delay_queue_args, header_string, header_text,
@@ -606,7 +606,7 @@ async fn run_consumer(
     first: Active,
     tx: mpsc::Sender<Result<Delivery>>,
 ) {
-    let mut backoff = Backoff::new(broker.config.reconnect_max_delay());
+    let mut backoff = reconnect_backoff(&broker.config);
     let mut current = Some(first);
     loop {
         let active = match current.take() {
@@ -643,7 +643,7 @@ async fn report_and_pause(
     queue: &str,
     tx: &mpsc::Sender<Result<Delivery>>,
     e: Error,
-    backoff: &mut Backoff,
+    backoff: &mut machinery_core::Backoff,
 ) -> bool {
     let pause = backoff.next_delay();
     tracing::warn!(queue, error = %e, retry_in = ?pause, "amqp consumer interrupted");

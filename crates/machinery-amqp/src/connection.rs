@@ -2,7 +2,6 @@
 //! confirm-mode channel for publishing and a small pool of plain channels for everything
 //! that may fail at channel level (a 404 closes the channel it happened on).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,7 +11,7 @@ use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
-use machinery_core::{Error, Result};
+use machinery_core::{Backoff, Error, Result, TtlCache};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AmqpConfig, BrokerUrl, short};
@@ -28,38 +27,15 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Longest wait for the server's answer to `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Doubling pauses between reconnection attempts, from 100 ms up to
+/// `reconnect_max_delay`, with jitter so that many workers do not reconnect in step after a
+/// server restart.
+pub(crate) fn reconnect_backoff(config: &AmqpConfig) -> Backoff {
+    Backoff::new(Duration::from_millis(100), config.reconnect_max_delay()).with_jitter()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Doubling pauses between reconnection attempts, with jitter so that many workers do not
-/// reconnect in step after a server restart.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-
-    pub(crate) fn new(max: Duration) -> Self {
-        Backoff {
-            next: Self::FIRST,
-            max,
-        }
-    }
-
-    /// The pause to take now; the following one is twice as long, up to the maximum.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base.mul_f64(0.5 + rand::random::<f64>() / 2.0)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
 }
 
 /// One open connection and what lives on it.
@@ -69,7 +45,7 @@ pub(crate) struct Session {
     conn: Connection,
     confirm: Channel,
     pool: Mutex<Vec<Channel>>,
-    declared: Mutex<HashMap<String, Option<Instant>>>,
+    declared: TtlCache<()>,
     declaring: Vec<tokio::sync::Mutex<()>>,
     /// Cancelled as soon as the connection or its publishing channel is gone (see
     /// [`Session::guard`]), and when the session is dropped.
@@ -154,25 +130,13 @@ impl Session {
 
     /// Whether `key` was declared on this connection and is still known to exist.
     pub(crate) fn is_declared(&self, key: &str) -> bool {
-        let mut declared = lock(&self.declared);
-        match declared.get(key) {
-            Some(None) => true,
-            Some(Some(until)) if *until > Instant::now() => true,
-            Some(Some(_)) => {
-                declared.remove(key);
-                false
-            }
-            None => false,
-        }
+        self.declared.contains(key)
     }
 
     /// Remember a declaration, for ever or for `valid_for` (queues that expire).
     pub(crate) fn mark_declared(&self, key: String, valid_for: Option<Duration>) {
-        let mut declared = lock(&self.declared);
-        if declared.len() >= DECLARED_MAX {
-            declared.clear();
-        }
-        declared.insert(key, valid_for.map(crate::backend::far_instant));
+        self.declared
+            .insert(key, (), valid_for.unwrap_or(Duration::MAX));
     }
 
     /// A lock shared by every declaration of `key` on this connection (and a few others), so
@@ -188,12 +152,12 @@ impl Session {
 
     /// Forget a declaration (the queue was deleted or a message to it came back unroutable).
     pub(crate) fn forget(&self, key: &str) {
-        lock(&self.declared).remove(key);
+        self.declared.remove(key);
     }
 
     /// Forget every declaration whose key starts with `prefix`.
     pub(crate) fn forget_prefix(&self, prefix: &str) {
-        lock(&self.declared).retain(|k, _| !k.starts_with(prefix));
+        self.declared.retain_keys(|k| !k.starts_with(prefix));
     }
 
     /// Close the connection politely, waiting a bounded time for the server's answer.
@@ -504,7 +468,7 @@ impl Link {
             conn,
             confirm,
             pool: Mutex::new(Vec::new()),
-            declared: Mutex::new(HashMap::new()),
+            declared: TtlCache::new(DECLARED_MAX),
             declaring: (0..DECLARE_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -556,7 +520,7 @@ impl Link {
         Fut: Future<Output = Result<T>>,
     {
         let deadline = Instant::now() + self.config.publish_retry_timeout();
-        let mut backoff = Backoff::new(self.config.reconnect_max_delay());
+        let mut backoff = reconnect_backoff(&self.config);
         loop {
             let attempt = match self.session().await {
                 Ok(session) => {

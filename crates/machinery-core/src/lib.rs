@@ -3,6 +3,7 @@
 mod backend;
 mod backoff;
 mod broker;
+mod cache;
 pub mod config;
 mod driver;
 mod error;
@@ -26,6 +27,7 @@ pub use broker::{
     Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, Delivery, DeliveryStream, Nack,
     Payload,
 };
+pub use cache::TtlCache;
 pub use config::{Config, LiveConfig, redact_url};
 pub use driver::{BoxFuture, ConnectBackend, ConnectBroker, ConnectLock, Driver, MEMORY_DRIVER};
 pub use error::{BoxError, Error, Result, TaskError};

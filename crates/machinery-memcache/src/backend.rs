@@ -1,13 +1,14 @@
 //! `MemcacheBackend`: task states and group metas under their UUID keys, in Go's JSON, on the
 //! server Go's client picks for each key.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use machinery_core::{Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState};
+use machinery_core::{
+    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, TtlCache,
+};
 use memcache::exp::{Arithmetic, Delete, Get, GetResult, Meta, MutationStatus, Set, Ttl};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -32,16 +33,10 @@ struct Inner {
     cas_attempts: u32,
     member_claim_wait: Duration,
     url: String,
-    kept: Mutex<HashMap<String, Kept>>,
-}
-
-/// What the store held for a task whose run this process is in (between RECEIVED and its
-/// final state): its name and creation time. STARTED and SUCCESS then become plain `set`s of
-/// the same bytes the read-merge-cas would write, one round trip instead of two.
-struct Kept {
-    name: String,
-    created_at: machinery_core::Timestamp,
-    at: std::time::Instant,
+    /// What the store held for a task whose run this process is in (between RECEIVED and
+    /// its final state): its name and creation time. STARTED and SUCCESS then become plain
+    /// `set`s of the same bytes the read-merge-cas would write, one round trip instead of two.
+    kept: TtlCache<(String, machinery_core::Timestamp)>,
 }
 
 /// How long a kept entry is trusted, and how many are kept at most.
@@ -91,7 +86,7 @@ impl MemcacheBackend {
                 cas_attempts: config.cas_attempts.max(1),
                 member_claim_wait: config.member_claim_wait,
                 url: config.url,
-                kept: Mutex::new(HashMap::new()),
+                kept: TtlCache::new(KEPT_MAX),
             }),
         })
     }
@@ -120,39 +115,20 @@ impl MemcacheBackend {
         self.inner.client.value_limit(key.as_bytes())
     }
 
-    fn kept(&self) -> MutexGuard<'_, HashMap<String, Kept>> {
-        self.inner
-            .kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn recall(&self, task_uuid: &str) -> Option<(String, machinery_core::Timestamp)> {
-        let kept = self.kept();
-        let k = kept.get(task_uuid)?;
-        (k.at.elapsed() < KEPT_FOR).then(|| (k.name.clone(), k.created_at))
+        self.inner.kept.get(task_uuid)
     }
 
     fn remember(&self, state: &TaskState) {
-        let mut kept = self.kept();
-        if kept.len() >= KEPT_MAX {
-            kept.retain(|_, k| k.at.elapsed() < KEPT_FOR);
-            if kept.len() >= KEPT_MAX {
-                kept.clear();
-            }
-        }
-        kept.insert(
+        self.inner.kept.insert(
             state.task_uuid.clone(),
-            Kept {
-                name: state.task_name.clone(),
-                created_at: state.created_at,
-                at: std::time::Instant::now(),
-            },
+            (state.task_name.clone(), state.created_at),
+            KEPT_FOR,
         );
     }
 
     fn forget(&self, task_uuid: &str) {
-        self.kept().remove(task_uuid);
+        self.inner.kept.remove(task_uuid);
     }
 
     fn client(&self) -> &Client {

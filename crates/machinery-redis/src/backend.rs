@@ -1,13 +1,12 @@
 //! `RedisBackend`: task states and group metas under their UUID keys, in Go's JSON.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use machinery_core::{
-    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, json,
+    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, TtlCache, json,
 };
 use redis::AsyncCommands;
 
@@ -29,16 +28,10 @@ struct Inner {
     conn: Conn,
     ttl_secs: u64,
     display: String,
-    kept: Mutex<HashMap<String, Kept>>,
-}
-
-/// What the store kept for a task whose run this process is in (between RECEIVED and its
-/// final state): the task name and creation time JSON. It saves a read-merge-write per
-/// state: STARTED and SUCCESS become plain `SET`s with the same bytes the merge would give.
-struct Kept {
-    name: Vec<u8>,
-    created: Vec<u8>,
-    at: Instant,
+    /// What the store holds for a task whose run this process is in (between RECEIVED and
+    /// its final state): the task name and creation time JSON. It saves a read-merge-write per
+    /// state: STARTED and SUCCESS become plain `SET`s with the same bytes the merge would give.
+    kept: TtlCache<(Vec<u8>, Vec<u8>)>,
 }
 
 /// How long a kept entry is trusted, and how many are kept at most.
@@ -80,7 +73,7 @@ impl RedisBackend {
                 conn,
                 ttl_secs: config.results_ttl_secs(),
                 display,
-                kept: Mutex::new(HashMap::new()),
+                kept: TtlCache::new(KEPT_MAX),
             }),
         }
     }
@@ -98,39 +91,18 @@ impl RedisBackend {
         .await
     }
 
-    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, Kept>> {
-        self.inner
-            .kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn recall(&self, task_uuid: &str) -> Option<(Vec<u8>, Vec<u8>)> {
-        let kept = self.kept();
-        let k = kept.get(task_uuid)?;
-        (k.at.elapsed() < KEPT_FOR).then(|| (k.name.clone(), k.created.clone()))
+        self.inner.kept.get(task_uuid)
     }
 
     fn remember(&self, task_uuid: &str, name: Vec<u8>, created: Vec<u8>) {
-        let mut kept = self.kept();
-        if kept.len() >= KEPT_MAX {
-            kept.retain(|_, k| k.at.elapsed() < KEPT_FOR);
-            if kept.len() >= KEPT_MAX {
-                kept.clear();
-            }
-        }
-        kept.insert(
-            task_uuid.to_owned(),
-            Kept {
-                name,
-                created,
-                at: Instant::now(),
-            },
-        );
+        self.inner
+            .kept
+            .insert(task_uuid.to_owned(), (name, created), KEPT_FOR);
     }
 
     fn forget(&self, task_uuid: &str) {
-        self.kept().remove(task_uuid);
+        self.inner.kept.remove(task_uuid);
     }
 
     async fn group_raw(&self, group_uuid: &str) -> Result<(GroupMeta, Vec<Option<Vec<u8>>>)> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use machinery_core::{Error, Result};
+use machinery_core::{Backoff, Error, Result};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
@@ -221,33 +221,9 @@ where
     }
 }
 
-/// Exponential pause between reconnection attempts: 100 ms doubling up to a maximum.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-
-    pub(crate) fn new(max: Duration) -> Self {
-        Backoff {
-            next: Self::MIN,
-            max: max.max(Self::MIN),
-        }
-    }
-
-    /// The pause to take now; the following one is twice as long.
-    pub(crate) fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.max);
-        now
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
+/// Pauses between reconnection attempts: 100 ms doubling up to `max`.
+pub(crate) fn reconnect_backoff(max: Duration) -> Backoff {
+    Backoff::new(Duration::from_millis(100), max)
 }
 
 /// `hostname:pid:random`, unique per consumer stream.
@@ -268,12 +244,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_max() {
-        let mut b = Backoff::new(Duration::from_millis(500));
-        let steps: Vec<_> = (0..5).map(|_| b.step().as_millis()).collect();
+    fn reconnect_backoff_doubles_from_100_ms_up_to_max() {
+        let mut b = reconnect_backoff(Duration::from_millis(500));
+        let steps: Vec<_> = (0..5).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(steps, [100, 200, 400, 500, 500]);
         b.reset();
-        assert_eq!(b.step().as_millis(), 100);
+        assert_eq!(b.next_delay().as_millis(), 100);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::dead_letter::DeadLetterEntry;
 use super::{ConsumerHandle, QueueKeys, RedisBroker, UNLIMITED_PREFETCH};
-use crate::client::{self, Backoff, retry_once};
+use crate::client::{self, reconnect_backoff, retry_once};
 use crate::config::RedisConfig;
 use crate::{error, scripts};
 
@@ -371,7 +371,7 @@ enum Step {
 
 impl Fetcher {
     async fn run(mut self) {
-        let mut backoff = Backoff::new(self.config.reconnect_max_delay());
+        let mut backoff = reconnect_backoff(self.config.reconnect_max_delay());
         loop {
             let first = tokio::select! {
                 biased;
@@ -410,7 +410,7 @@ impl Fetcher {
                     if self.tx.send(Err(err)).await.is_err() {
                         break;
                     }
-                    let pause = backoff.step();
+                    let pause = backoff.next_delay();
                     tokio::select! {
                         _ = self.stop.cancelled() => Step::Stop,
                         _ = self.tx.closed() => Step::Stop,

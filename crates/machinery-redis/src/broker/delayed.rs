@@ -8,7 +8,7 @@ use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use crate::client::Backoff;
+use crate::client::reconnect_backoff;
 use crate::config::RedisConfig;
 use crate::{error, scripts};
 
@@ -40,7 +40,7 @@ pub(super) async fn move_due(conn: &ConnectionManager, config: &RedisConfig) -> 
 }
 
 pub(super) async fn delayed_mover(weak: Weak<Inner>, cancel: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_secs(5));
+    let mut backoff = reconnect_backoff(Duration::from_secs(5));
     loop {
         let pause = {
             let Some(inner) = weak.upgrade() else { return };
@@ -51,7 +51,7 @@ pub(super) async fn delayed_mover(weak: Weak<Inner>, cancel: CancellationToken) 
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "redis: moving due delayed tasks failed");
-                    backoff.step().max(inner.config.delayed_poll())
+                    backoff.next_delay().max(inner.config.delayed_poll())
                 }
             }
         };
