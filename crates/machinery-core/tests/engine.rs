@@ -11,6 +11,8 @@ use machinery_core::{
     Variadic, async_trait,
 };
 
+use machinery_testkit::{wait_until, wait_until_sync};
+
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Delegates to a MemoryBackend and records every state written, in order.
@@ -213,11 +215,18 @@ async fn unknown_task_is_requeued_without_spinning() {
         .send_task(Signature::new("nobody_knows"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // With a 300 ms requeue delay, 1.5 s allows about 5 attempts, not thousands.
-    let n = pulls.load(Ordering::SeqCst);
-    assert!(n <= 15, "{n} pulls in 1.5 s: the worker spins");
-    assert!(n >= 2, "{n} pulls: the message was not offered again");
+    let start = Instant::now();
+    // Pull 1 waits for the first delivery, pull 2 follows it; pulls 3 and 4 follow the two
+    // offers after 300 ms requeue delays each. A spinning worker gets there at once.
+    wait_until_sync(WAIT, "the message offered again twice", || {
+        pulls.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(550),
+        "4 pulls after {took:?}: the worker does not wait 300 ms between offers"
+    );
     assert_eq!(r.state().await.unwrap().state, State::Pending);
     assert_eq!(rec.states_of(r.uuid()), vec![State::Pending]);
     w.quit();
@@ -240,11 +249,10 @@ async fn ignore_when_not_registered_drops_the_message() {
         .send_task(Signature::new("nobody_knows").ignore_when_not_registered(true))
         .await
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while broker.ready_len("machinery_tasks") > 0 || broker.unacked_len() > 0 {
-        assert!(Instant::now() < deadline, "message never taken");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_sync(WAIT, "the message taken and settled", || {
+        broker.ready_len("machinery_tasks") == 0 && broker.unacked_len() == 0
+    })
+    .await;
     // Dropped as Go drops it, but the sender is told: FAILURE, not PENDING forever.
     let err = r
         .get_with_timeout(WAIT, Duration::from_millis(5))
@@ -258,15 +266,6 @@ async fn ignore_when_not_registered_drops_the_message() {
     assert!(broker.dead_letters("machinery_tasks").is_empty());
     w.quit();
     w.join().await.unwrap();
-}
-
-/// Waits until `f` holds, polling; panics after `WAIT`.
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -294,7 +293,7 @@ async fn unregistered_task_ends_in_failure_after_max_attempts() {
         backend.states_of(r.uuid()),
         vec![State::Pending, State::Failure]
     );
-    wait_until("the dead letter", || {
+    wait_until_sync(WAIT, "the dead letter", || {
         !broker.dead_letters("machinery_tasks").is_empty()
     })
     .await;
@@ -344,7 +343,7 @@ async fn unregistered_task_ends_in_failure_after_max_wait() {
         "{err:?}"
     );
     assert!(start.elapsed() >= Duration::from_secs(1), "gave up early");
-    wait_until("the dead letter", || {
+    wait_until_sync(WAIT, "the dead letter", || {
         broker.dead_letters("machinery_tasks").len() == 1
     })
     .await;
@@ -354,13 +353,23 @@ async fn unregistered_task_ends_in_failure_after_max_wait() {
 
 #[tokio::test]
 async fn task_registered_while_it_waits_runs_rolling_deploy() {
-    let (server, _, _) = setup();
+    let (server, _, broker) = setup();
     let w = server.new_worker("t", 1).launch();
     let r = server
         .send_task(Signature::new("late").arg(5i64))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The worker found it unregistered and offered it again later (it waits delayed).
+    wait_until(WAIT, "the unregistered task offered again", || {
+        let broker = broker.clone();
+        async move {
+            !machinery_core::Broker::delayed_tasks(&broker)
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
     assert_eq!(r.state().await.unwrap().state, State::Pending);
     server
         .register_task("late", |x: i64| async move { Ok::<_, TaskError>(x * 2) })
@@ -397,7 +406,7 @@ async fn null_and_nameless_bodies_are_malformed_at_once() {
         .await
         .unwrap();
     assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 4);
-    wait_until("six dead letters", || {
+    wait_until_sync(WAIT, "six dead letters", || {
         broker.dead_letters("machinery_tasks").len() == 6
     })
     .await;
@@ -537,7 +546,7 @@ async fn huge_durations_from_the_wire_do_not_panic_the_worker() {
         State::Retry,
         State::Pending,
     ];
-    wait_until("both retries parked", || {
+    wait_until_sync(WAIT, "both retries parked", || {
         rec.states_of(a.uuid()) == retried && rec.states_of(b.uuid()) == retried
     })
     .await;
@@ -583,7 +592,7 @@ async fn a_panic_outside_the_task_is_failure_and_a_dead_letter_not_a_loop() {
         matches!(&err, Error::TaskFailed(m) if m.contains("panicked") && m.contains("post-task hook exploded")),
         "{err:?}"
     );
-    wait_until("the dead letter", || {
+    wait_until_sync(WAIT, "the dead letter", || {
         broker.dead_letters("machinery_tasks").len() == 1
     })
     .await;
@@ -783,7 +792,7 @@ async fn pre_publish_hook_and_trace_headers_reach_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chord_fires_exactly_once_with_results_in_group_order() {
-    let (server, _, _) = setup();
+    let (server, _, broker) = setup();
     let runs = Arc::new(AtomicUsize::new(0));
     let r2 = Arc::clone(&runs);
     server
@@ -800,10 +809,16 @@ async fn chord_fires_exactly_once_with_results_in_group_order() {
     let r = server.send_chord(chord, 0).await.unwrap();
     let got: Vec<i64> = r.get_as(WAIT).await.unwrap();
     assert_eq!(got, (0..60).collect::<Vec<i64>>());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Once the worker has finished everything it took, a second callback would have run or
+    // would still wait in the queue.
     w.quit();
     w.join().await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        broker.ready_len("machinery_tasks"),
+        0,
+        "a second callback waits"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -826,14 +841,21 @@ async fn periodic_task_sends_once_per_tick_across_servers() {
         })
         .unwrap();
     let w = servers[0].new_worker("t", 2).launch();
+    let start = Instant::now();
     for s in &servers {
         s.register_periodic_task("@every 300ms", "tick", Signature::new("tick"))
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(1050)).await;
+    wait_until_sync(WAIT, "three runs", || runs.load(Ordering::SeqCst) >= 3).await;
+    // Two servers, one lock: one send per tick, not two. Runs counted before the clock is
+    // read can only come from ticks that have passed (one every 300 ms; one more allowed in
+    // case a tick fires at registration).
     let n = runs.load(Ordering::SeqCst);
-    // 3 ticks in 1.05 s; two servers, one lock: 3 sends, not 6.
-    assert!((2..=4).contains(&n), "{n} runs");
+    let ticks = start.elapsed().as_millis() / 300;
+    assert!(
+        n as u128 <= ticks + 1,
+        "{n} runs after {ticks} ticks: both servers sent"
+    );
     assert!(
         servers[0]
             .register_periodic_task("61 * * * *", "bad", Signature::new("tick"))
@@ -854,9 +876,9 @@ async fn member_of_an_unknown_group_is_not_requeued_forever() {
     sig.chord_callback = Some(Box::new(Signature::new("add")));
     let r = server.send_task(sig).await.unwrap();
     assert_eq!(r.get_as::<i64>(WAIT).await.unwrap(), 2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Settled (acked, or requeued with a delay) once nothing is unacked.
+    wait_until_sync(WAIT, "the member settled", || broker.unacked_len() == 0).await;
     assert_eq!(broker.ready_len("machinery_tasks"), 0);
-    assert_eq!(broker.unacked_len(), 0, "the member must be acked");
     let delayed = machinery_core::Broker::delayed_tasks(&broker)
         .await
         .unwrap();

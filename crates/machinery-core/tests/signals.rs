@@ -18,16 +18,16 @@ fn sigterm_self() {
 }
 
 async fn wait_state(server: &Server, uuid: &str, want: State) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(st) = server.backend().state(uuid).await.unwrap()
-            && st.state == want
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{uuid} never reached {want}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("{uuid} to reach {want}");
+    machinery_testkit::wait_until(Duration::from_secs(10), &what, || async move {
+        server
+            .backend()
+            .state(uuid)
+            .await
+            .unwrap()
+            .is_some_and(|st| st.state == want)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

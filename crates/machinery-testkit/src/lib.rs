@@ -11,8 +11,10 @@ pub mod backend;
 pub mod broker;
 pub mod fixtures;
 mod util;
+pub mod wait;
 
 pub use machinery_core::DeadLetter;
+pub use wait::{wait_for, wait_until, wait_until_sync};
 
 /// How long one case may run before it is failed as hung.
 const CASE_TIMEOUT: Duration = Duration::from_secs(120);
