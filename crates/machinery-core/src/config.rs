@@ -134,8 +134,8 @@ pub struct SqsSettings {
 }
 
 /// Redis settings (Go's `RedisConfig`). Durations are in seconds unless named `_period`
-/// (milliseconds), as in Go.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// (milliseconds), as in Go. `Debug` hides `sentinel_password`.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct RedisSettings {
     /// Idle connections kept. Default 3. Env `REDIS_MAX_IDLE`.
@@ -162,12 +162,46 @@ pub struct RedisSettings {
     pub delayed_tasks_poll_period: i64,
     /// ZSET of delayed tasks. Default `delayed_tasks`. Env `REDIS_DELAYED_TASKS_KEY`.
     pub delayed_tasks_key: String,
-    /// Sentinel master name. Env `REDIS_MASTER_NAME`.
+    /// Sentinel master name: the URL's addresses are Sentinels. Env `REDIS_MASTER_NAME`.
     pub master_name: String,
+    /// Password of the Sentinels (Go v2's `sentinel_password`). Env
+    /// `REDIS_SENTINEL_PASSWORD`.
+    pub sentinel_password: String,
+    /// machinery-rs: replicas that must confirm each publish (`WAIT`); unset = 1 with Sentinel,
+    /// 0 otherwise. Env `REDIS_WAIT_REPLICAS`.
+    pub wait_replicas: Option<u32>,
     /// Use Redis Cluster. YAML `cluster_mode` or Go's `cluster_enabled`, env
-    /// `REDIS_CLUSTER_MODE`.
+    /// `REDIS_CLUSTER_MODE` or `REDIS_CLUSTER_ENABLED`.
     #[serde(alias = "cluster_enabled")]
     pub cluster_mode: bool,
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("max_idle", &self.max_idle)
+            .field("max_active", &self.max_active)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("wait", &self.wait)
+            .field("read_timeout", &self.read_timeout)
+            .field("write_timeout", &self.write_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("normal_tasks_poll_period", &self.normal_tasks_poll_period)
+            .field("delayed_tasks_poll_period", &self.delayed_tasks_poll_period)
+            .field("delayed_tasks_key", &self.delayed_tasks_key)
+            .field("master_name", &self.master_name)
+            .field(
+                "sentinel_password",
+                &if self.sentinel_password.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("wait_replicas", &self.wait_replicas)
+            .field("cluster_mode", &self.cluster_mode)
+            .finish()
+    }
 }
 
 impl Default for RedisSettings {
@@ -184,6 +218,8 @@ impl Default for RedisSettings {
             delayed_tasks_poll_period: 100,
             delayed_tasks_key: "delayed_tasks".to_owned(),
             master_name: String::new(),
+            sentinel_password: String::new(),
+            wait_replicas: None,
             cluster_mode: false,
         }
     }
@@ -442,6 +478,8 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "delayed_tasks_key",
             "client_name",
             "master_name",
+            "sentinel_password",
+            "wait_replicas",
             "cluster_mode",
             "cluster_enabled",
         ],
@@ -665,6 +703,9 @@ impl Config {
         );
         set!("REDIS_DELAYED_TASKS_KEY", c.redis.delayed_tasks_key, str);
         set!("REDIS_MASTER_NAME", c.redis.master_name, str);
+        set!("REDIS_SENTINEL_PASSWORD", c.redis.sentinel_password, str);
+        set!("REDIS_WAIT_REPLICAS", c.redis.wait_replicas, opt);
+        set!("REDIS_CLUSTER_ENABLED", c.redis.cluster_mode, bool);
         set!("REDIS_CLUSTER_MODE", c.redis.cluster_mode, bool);
         set!("TASK_STATES_TABLE", c.dynamodb.task_states_table, str);
         set!("GROUP_METAS_TABLE", c.dynamodb.group_metas_table, str);

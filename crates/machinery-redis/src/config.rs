@@ -18,8 +18,9 @@ use serde::Deserialize;
 pub struct RedisConfig {
     /// Server URL: `redis://[[user]:password@]host[:port][/db]`, `redis://password@host`,
     /// `rediss://...` (TLS; append `#insecure` to skip certificate checks),
-    /// `redis+socket://[password@]/path/to.sock[:/db]`, or a comma list of `host:port` (a
-    /// Redis Cluster; backend and lock only). Default `redis://127.0.0.1:6379`.
+    /// `redis+socket://[password@]/path/to.sock[:/db]`, or a comma list of `host:port`: a
+    /// Redis Cluster, or the Sentinels when `master_name` is set (or given in the URL as
+    /// `?master_name=NAME`). Default `redis://127.0.0.1:6379`.
     pub url: String,
     /// Queue used when a signature has no routing key. Default `machinery_tasks`.
     pub default_queue: String,
@@ -48,11 +49,22 @@ pub struct RedisConfig {
     /// Largest pause, in milliseconds, between reconnection attempts while the server is
     /// unreachable (the pause starts at 100 ms and doubles). Default 5000.
     pub reconnect_max_delay_ms: u64,
-    /// Treat a single host as a Redis Cluster node (backend and lock). Default false.
+    /// Treat a single host as a Redis Cluster node (Go's `redis.cluster_mode` /
+    /// `redis.cluster_enabled`). Default false.
     pub cluster_mode: bool,
-    /// Redis Sentinel master name (Go's `redis.master_name`). Sentinel is not supported yet:
-    /// connecting fails with `Error::Unsupported` when this is set. Default empty.
+    /// Redis Sentinel master name (Go's `redis.master_name`): the URL's addresses are then
+    /// Sentinels, asked for the current master (again after every failover). Default empty.
     pub master_name: String,
+    /// Password of the Sentinels themselves (Go's `redis.sentinel_password`); the URL's
+    /// password is the master's. Default empty (Sentinels without a password).
+    pub sentinel_password: String,
+    /// How many replicas must confirm a publish (`WAIT n`) before it returns `Ok`; a publish
+    /// that fewer replicas confirm within `wait_replicas_timeout_ms` is an error (the message
+    /// may still be delivered). `None` = 1 with Sentinel (so that a failover loses no
+    /// published task), 0 otherwise (no `WAIT`).
+    pub wait_replicas: Option<u32>,
+    /// Milliseconds a publish waits for `wait_replicas` replicas. Default 2000.
+    pub wait_replicas_timeout_ms: u64,
     /// PEM file with the certificate authority to trust for `rediss://` instead of the
     /// system's roots. Default none.
     pub tls_ca_file: Option<PathBuf>,
@@ -75,6 +87,9 @@ impl Default for RedisConfig {
             reconnect_max_delay_ms: 5000,
             cluster_mode: false,
             master_name: String::new(),
+            sentinel_password: String::new(),
+            wait_replicas: None,
+            wait_replicas_timeout_ms: 2000,
             tls_ca_file: None,
         }
     }
@@ -97,6 +112,16 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max_delay_ms", &self.reconnect_max_delay_ms)
             .field("cluster_mode", &self.cluster_mode)
             .field("master_name", &self.master_name)
+            .field(
+                "sentinel_password",
+                &if self.sentinel_password.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_replicas_timeout_ms", &self.wait_replicas_timeout_ms)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish()
     }
@@ -144,6 +169,8 @@ impl RedisConfig {
             read_timeout: positive(r.read_timeout, d.read_timeout),
             cluster_mode: r.cluster_mode,
             master_name: r.master_name.clone(),
+            sentinel_password: r.sentinel_password.clone(),
+            wait_replicas: r.wait_replicas,
             ..d
         }
     }
@@ -166,14 +193,43 @@ impl RedisConfig {
 
     pub(crate) fn target(&self) -> Result<Target> {
         let mut target = parse_url(&self.url)?;
-        if self.cluster_mode && !target.unix {
+        let master_name = match (&target.master_name, self.master_name.trim()) {
+            (Some(url), cfg) if !cfg.is_empty() && url != cfg => {
+                return Err(Error::config(
+                    "redis.master_name",
+                    format!("the url names master `{url}` and redis.master_name `{cfg}`; give one"),
+                ));
+            }
+            (Some(url), _) => url.clone(),
+            (None, cfg) => cfg.to_owned(),
+        };
+        if !master_name.is_empty() {
+            if target.unix {
+                return Err(Error::config(
+                    "redis.master_name",
+                    "Sentinel needs host:port addresses, not a unix socket",
+                ));
+            }
+            if self.cluster_mode {
+                return Err(Error::config(
+                    "redis.master_name",
+                    "set either redis.master_name (Sentinel) or redis.cluster_mode (Cluster), not both",
+                ));
+            }
+            target.cluster = false;
+            target.sentinel = Some(SentinelTarget {
+                master_name,
+                password: (!self.sentinel_password.is_empty())
+                    .then(|| self.sentinel_password.clone()),
+            });
+        } else if self.cluster_mode && !target.unix {
             target.cluster = true;
         }
-        if !self.master_name.is_empty() {
-            return Err(Error::Unsupported {
-                driver: crate::error::DRIVER,
-                operation: "redis sentinel (redis.master_name)",
-            });
+        if target.cluster && target.db != 0 {
+            return Err(bad_url(format!(
+                "a Redis Cluster has only database 0 (the url asks for {})",
+                target.db
+            )));
         }
         if self.default_queue.is_empty() {
             return Err(Error::config("default_queue", "must not be empty"));
@@ -185,6 +241,16 @@ impl RedisConfig {
             ));
         }
         Ok(target)
+    }
+
+    /// Replicas a publish waits for (`WAIT`), 0 = none.
+    pub(crate) fn wait_replicas(&self, target: &Target) -> u32 {
+        self.wait_replicas
+            .unwrap_or(u32::from(target.sentinel.is_some()))
+    }
+
+    pub(crate) fn wait_replicas_timeout(&self) -> Duration {
+        Duration::from_millis(self.wait_replicas_timeout_ms.max(1))
     }
 
     pub(crate) fn results_ttl_secs(&self) -> u64 {
@@ -226,6 +292,13 @@ impl RedisConfig {
     }
 }
 
+/// Sentinel settings: the master's name and the Sentinels' own password.
+#[derive(Debug, Clone)]
+pub(crate) struct SentinelTarget {
+    pub(crate) master_name: String,
+    pub(crate) password: Option<String>,
+}
+
 /// Where to connect, parsed from the URL.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
@@ -233,6 +306,12 @@ pub(crate) struct Target {
     pub(crate) nodes: Vec<ConnectionInfo>,
     /// Connect with the cluster client.
     pub(crate) cluster: bool,
+    /// Ask these Sentinels for the master (`nodes` are then the Sentinels).
+    pub(crate) sentinel: Option<SentinelTarget>,
+    /// The master name given in the URL (`?master_name=`).
+    pub(crate) master_name: Option<String>,
+    /// The database number.
+    pub(crate) db: i64,
     /// A unix socket.
     pub(crate) unix: bool,
     /// `rediss://`.
@@ -310,8 +389,22 @@ fn parse_tcp(rest: &str, tls: bool) -> Result<Target> {
             )));
         }
     };
-    // Query parameters are accepted and ignored (Go ignores them too).
-    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    // Query parameters: `master_name` names a Sentinel master; others are accepted and
+    // ignored (Go ignores them too).
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, q),
+        None => (rest, ""),
+    };
+    let mut master_name = None;
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("master_name=") {
+            let v = percent_decode(v)?;
+            if v.is_empty() {
+                return Err(bad_url("`master_name=` needs a name"));
+            }
+            master_name = Some(v);
+        }
+    }
     // The authority ends at the first `/` after the userinfo; passwords with `/` must be
     // percent-encoded, as in any URL.
     let (authority, path) = match rest.rfind('@') {
@@ -374,13 +467,20 @@ fn parse_tcp(rest: &str, tls: bool) -> Result<Target> {
         .collect::<Vec<_>>()
         .join(",");
     let display = format!(
-        "{scheme}://{}{host_list}/{db}{}",
+        "{scheme}://{}{host_list}/{db}{}{}",
         redacted_userinfo(&info),
+        master_name
+            .as_ref()
+            .map(|m| format!("?master_name={m}"))
+            .unwrap_or_default(),
         if tls_insecure { "#insecure" } else { "" }
     );
     Ok(Target {
         nodes,
         cluster,
+        sentinel: None,
+        master_name,
+        db,
         unix: false,
         tls,
         tls_insecure,
@@ -416,6 +516,9 @@ fn parse_socket(rest: &str) -> Result<Target> {
     Ok(Target {
         nodes: vec![node],
         cluster: false,
+        sentinel: None,
+        master_name: None,
+        db,
         unix: true,
         tls: false,
         tls_insecure: false,
@@ -635,8 +738,61 @@ mod tests {
         assert_eq!(cfg.normal_tasks_poll_period, 1000);
         assert_eq!(cfg.read_timeout, 7);
         go.redis.master_name = "mymaster".to_owned();
-        let cfg = RedisConfig::from_machinery("redis://h:1", &go);
-        assert!(matches!(cfg.validate(), Err(Error::Unsupported { .. })));
+        go.redis.sentinel_password = "sentinelsecret".to_owned();
+        let cfg = RedisConfig::from_machinery("redis://pw@s1:26379,s2:26380/2", &go);
+        let t = cfg.target().unwrap();
+        let sentinel = t.sentinel.expect("a sentinel target");
+        assert_eq!(sentinel.master_name, "mymaster");
+        assert_eq!(sentinel.password.as_deref(), Some("sentinelsecret"));
+        assert!(!t.cluster);
+        assert_eq!(t.nodes.len(), 2);
+        assert_eq!(t.db, 2);
+        assert_eq!(cfg.wait_replicas(&cfg.target().unwrap()), 1);
+        assert!(!format!("{cfg:?}").contains("sentinelsecret"));
+        // Go's single address with a master name is a Sentinel too (go-redis' rule).
+        let one = RedisConfig::from_machinery("redis://s1:26379", &go);
+        assert!(one.target().unwrap().sentinel.is_some());
+    }
+
+    #[test]
+    fn sentinel_in_the_url() {
+        let cfg = RedisConfig::from_url("redis://:pw@s1:26379,s2:26379/1?master_name=my%20master");
+        let t = cfg.target().unwrap();
+        assert_eq!(t.sentinel.unwrap().master_name, "my master");
+        assert!(!t.cluster);
+        assert_eq!(t.nodes[0].redis_settings().password(), Some("pw"));
+        assert_eq!(
+            t.display,
+            "redis://***@s1:26379,s2:26379/1?master_name=my master"
+        );
+        assert_eq!(
+            RedisConfig::from_url("redis://h:1").wait_replicas(&parse_url("redis://h:1").unwrap()),
+            0
+        );
+        // Conflicting or impossible combinations are configuration errors.
+        let both = RedisConfig {
+            master_name: "other".to_owned(),
+            ..RedisConfig::from_url("redis://s1:1?master_name=m")
+        };
+        assert!(matches!(both.validate(), Err(Error::Config { .. })));
+        let with_cluster = RedisConfig {
+            cluster_mode: true,
+            ..RedisConfig::from_url("redis://s1:1?master_name=m")
+        };
+        assert!(matches!(with_cluster.validate(), Err(Error::Config { .. })));
+        let socket = RedisConfig {
+            master_name: "m".to_owned(),
+            ..RedisConfig::from_url("redis+socket:///tmp/r.sock")
+        };
+        assert!(matches!(socket.validate(), Err(Error::Config { .. })));
+        assert!(matches!(
+            RedisConfig::from_url("redis://s1:1?master_name=").validate(),
+            Err(Error::Config { .. })
+        ));
+        assert!(matches!(
+            RedisConfig::from_url("redis://h1:1,h2:2/3").validate(),
+            Err(Error::Config { .. })
+        ));
     }
 
     #[test]

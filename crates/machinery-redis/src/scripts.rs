@@ -114,3 +114,21 @@ pub(crate) static LOCK: LazyLock<Script> =
 /// KEYS: group meta, done set, waiting list. ARGV: member UUID, ttl seconds.
 pub(crate) static MARK_DONE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/mark_done.lua")));
+
+/// Redis Cluster form of the delayed sweep, first step: claim up to `ARGV[2]` due delayed
+/// tasks (score <= `ARGV[1]`, Unix ns) by moving them to the claims set, scored with the
+/// server time (ms) at which the claim ends (`ARGV[3]` ms from now), and return them together
+/// with the claims that ended unfinished (a sweeper died between claim and push). The caller
+/// pushes each to its queue (another slot), then removes it from the claims set. Both keys
+/// share the delayed set's hash tag.
+///
+/// KEYS: delayed set, claims set. ARGV: now ns, batch size, claim ms.
+pub(crate) static CLAIM_DUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/claim_due.lua")));
+
+/// Redis Cluster form of a nack: remove the message from the processing list and append an
+/// entry (the message, or its dead letter) to a list in the same slot, atomically.
+///
+/// KEYS: processing list, target list. ARGV: message, entry.
+pub(crate) static NACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/nack.lua")));

@@ -14,8 +14,7 @@ use futures::Stream;
 use machinery_core::{
     Acknowledger, ConsumeOptions, Delivery, DeliveryStream, Error, Nack, Payload, Result, Signature,
 };
-use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::{AsyncCommands, Client, RedisResult};
+use redis::{AsyncCommands, RedisResult};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +22,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::dead_letter::DeadLetterEntry;
 use super::{ConsumerHandle, QueueKeys, RedisBroker, UNLIMITED_PREFETCH};
-use crate::client::{self, reconnect_backoff, retry_once};
+use crate::client::{self, Conn, Connector, reconnect_backoff, retry_once};
 use crate::config::RedisConfig;
 use crate::{error, scripts};
 
@@ -40,10 +39,13 @@ pub(super) async fn start(
         ));
     }
     let config = &broker.inner.config;
-    let keys = QueueKeys::new(queue);
+    let keys = QueueKeys::new(queue, broker.inner.cluster)?;
     let id = client::consumer_id();
     let processing = format!("{}{id}", keys.processing_prefix);
-    let blocking = client::blocking_connection(config, &broker.inner.client)
+    let blocking = broker
+        .inner
+        .connector
+        .blocking(config)
         .await
         .map_err(|e| error::unreachable(&broker.inner.target.display, e))?;
     let released = TaskTracker::new();
@@ -58,6 +60,7 @@ pub(super) async fn start(
         id,
         processing,
         conn: broker.inner.conn.clone(),
+        cluster: broker.inner.cluster,
         delayed_key: config.delayed_tasks_key.clone(),
         default_queue: config.default_queue.clone(),
         acks: std::sync::Mutex::new(AckQueue::default()),
@@ -84,7 +87,7 @@ pub(super) async fn start(
     let (tx, rx) = mpsc::channel(prefetch + 1);
     let fetcher = Fetcher {
         consumer: Arc::clone(&consumer),
-        client: broker.inner.client.clone(),
+        connector: broker.inner.connector.clone(),
         config: config.clone(),
         conn: Some(blocking),
         tx,
@@ -121,7 +124,10 @@ struct Consumer {
     keys: QueueKeys,
     id: String,
     processing: String,
-    conn: ConnectionManager,
+    conn: Conn,
+    /// On a Redis Cluster a nack is a script (its keys share a slot) and a delayed requeue
+    /// is two steps (the delayed set is in another slot).
+    cluster: bool,
     delayed_key: String,
     default_queue: String,
     acks: std::sync::Mutex<AckQueue>,
@@ -212,7 +218,7 @@ impl Consumer {
 
     /// Make the processing list hold exactly the messages handed out and not settled: remove
     /// the acks that failed, and give everything else back to the head of the queue.
-    async fn reconcile(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    async fn reconcile(&self, conn: &mut Conn) -> RedisResult<()> {
         let (held, failed) = {
             let mut h = self.held();
             if !h.reconcile {
@@ -354,9 +360,9 @@ async fn heartbeat(
 /// (prefetch) allow, and hands them to the stream.
 struct Fetcher {
     consumer: Arc<Consumer>,
-    client: Client,
+    connector: Connector,
     config: RedisConfig,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     tx: mpsc::Sender<Result<Delivery>>,
     permits: Arc<Semaphore>,
     max_batch: usize,
@@ -436,7 +442,7 @@ impl Fetcher {
     ) -> RedisResult<Step> {
         let conn = match &mut self.conn {
             Some(c) => c,
-            None => match client::blocking_connection(&self.config, &self.client).await {
+            None => match self.connector.blocking(&self.config).await {
                 Ok(c) => {
                     self.consumer.ack_queue().direct = false;
                     self.conn.insert(c)
@@ -644,6 +650,9 @@ impl Acknowledger for RedisAcker {
         self.settled.store(true, Ordering::SeqCst);
         let c = &self.consumer;
         let raw = &*self.raw;
+        if c.cluster {
+            return self.nack_on_cluster(nack).await;
+        }
         let mut pipe = redis::pipe();
         pipe.atomic().lrem(&c.processing, 1, raw).ignore();
         let what = match &nack {
@@ -673,6 +682,61 @@ impl Acknowledger for RedisAcker {
         let result = pipe.query_async::<()>(&mut conn).await;
         // Settled either way: when the reply was lost, the next reconciliation gives the
         // message back if the nack did not happen.
+        c.unhold(self.id);
+        result.map_err(|e| {
+            c.needs_reconcile();
+            error::map(format!("cannot {what} on {}", c.keys.queue), e)
+        })
+    }
+}
+
+impl RedisAcker {
+    /// A nack on a Redis Cluster: requeue and dead-letter are one script on the queue's slot;
+    /// a delayed requeue first adds the message to the delayed set (another slot), then
+    /// removes it from the processing list (a crash in between runs it twice, never zero
+    /// times).
+    async fn nack_on_cluster(&self, nack: Nack) -> Result<()> {
+        let c = &self.consumer;
+        let raw = &*self.raw;
+        let mut conn = c.conn.clone();
+        let delayed = match &nack {
+            Nack::Requeue { delay: Some(delay) } => c.delayed_member(raw).map(|m| (m, *delay)),
+            _ => None,
+        };
+        let (what, result) = match (&nack, delayed) {
+            (_, Some((member, delay))) => {
+                let eta = machinery_core::time::after(delay);
+                let score = machinery_core::time::unix_nanos(&eta);
+                let r = async {
+                    conn.zadd::<_, _, _, ()>(&c.delayed_key, &*member, score)
+                        .await?;
+                    conn.lrem::<_, _, ()>(&c.processing, 1, raw).await
+                }
+                .await;
+                ("requeue with delay", r)
+            }
+            (Nack::Requeue { .. }, None) => {
+                let r = scripts::NACK
+                    .key(&c.processing)
+                    .key(&c.keys.queue)
+                    .arg(raw)
+                    .arg(raw)
+                    .invoke_async::<()>(&mut conn)
+                    .await;
+                ("requeue", r)
+            }
+            (Nack::DeadLetter { reason }, None) => {
+                let entry = DeadLetterEntry::encode(&c.keys.queue, &c.id, reason, raw);
+                let r = scripts::NACK
+                    .key(&c.processing)
+                    .key(&c.keys.dead)
+                    .arg(raw)
+                    .arg(entry)
+                    .invoke_async::<()>(&mut conn)
+                    .await;
+                ("dead-letter", r)
+            }
+        };
         c.unhold(self.id);
         result.map_err(|e| {
             c.needs_reconcile();

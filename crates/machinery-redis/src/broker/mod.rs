@@ -9,8 +9,7 @@ use machinery_core::{
     Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, DeliveryStream, Error, Result,
     Signature,
 };
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client};
+use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,7 +17,7 @@ mod consumer;
 mod dead_letter;
 mod delayed;
 
-use crate::client::{self, retry_once};
+use crate::client::{Conn, Connector, retry_once};
 use crate::config::{RedisConfig, Target};
 use crate::error::{self, DRIVER};
 use crate::{RedisBackend, RedisLock};
@@ -40,8 +39,13 @@ pub struct RedisBroker {
 struct Inner {
     config: RedisConfig,
     target: Target,
-    client: Client,
-    conn: ConnectionManager,
+    /// Opens the consumers' blocking connections.
+    connector: Connector,
+    conn: Conn,
+    /// A Redis Cluster: keys of a queue carry its hash tag, the delayed mover works in steps.
+    cluster: bool,
+    /// Replicas each publish waits for (`WAIT`), 0 = none.
+    wait_replicas: u32,
     cancel: CancellationToken,
     mover_started: AtomicBool,
     /// Fetch loops and give-backs of stopped consumers, awaited by `close`.
@@ -79,33 +83,75 @@ struct QueueKeys {
 }
 
 impl QueueKeys {
-    fn new(queue: &str) -> Self {
-        QueueKeys {
+    /// On a single node: `<queue>.consumers`, `<queue>.processing.<id>`, `<queue>.dead`. On a
+    /// Redis Cluster the same with the queue's hash tag (`{<queue>}.consumers`, ...), so that
+    /// every key a script touches is in the queue's slot; the queue keeps Go's name.
+    fn new(queue: &str, cluster: bool) -> Result<Self> {
+        let base = if cluster {
+            slot_prefix(queue)?
+        } else {
+            queue.to_owned()
+        };
+        Ok(QueueKeys {
             queue: queue.to_owned(),
-            registry: format!("{queue}.consumers"),
-            processing_prefix: format!("{queue}.processing."),
-            dead: format!("{queue}.dead"),
-        }
+            registry: format!("{base}.consumers"),
+            processing_prefix: format!("{base}.processing."),
+            dead: format!("{base}.dead"),
+        })
     }
+}
+
+/// A prefix that hashes to the same Redis Cluster slot as the key `name`: `name` itself when
+/// it has a hash tag already (`a{b}c`: keys that start with it hash `b` too), else `{name}`.
+/// A name with a `}` but no hash tag cannot be wrapped; it is a configuration error.
+fn slot_prefix(name: &str) -> Result<String> {
+    if let Some(open) = name.find('{')
+        && let Some(len) = name[open + 1..].find('}')
+        && len > 0
+    {
+        return Ok(name.to_owned());
+    }
+    if name.contains('}') {
+        return Err(Error::config(
+            "default_queue",
+            format!(
+                "`{name}` has a `}}` but no hash tag: on a Redis Cluster its keys cannot share its slot"
+            ),
+        ));
+    }
+    Ok(format!("{{{name}}}"))
 }
 
 impl RedisBroker {
     /// Connect to the server named by `config.url`.
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad URL; [`Error::Unsupported`] for a cluster URL (the broker
-    /// needs a single node); [`Error::Backend`] naming the server (password redacted) when it
-    /// cannot be reached.
+    /// [`Error::Config`] for a bad URL or a queue name that cannot get a hash tag on a
+    /// cluster; [`Error::Backend`] naming the server (password redacted) when it cannot be
+    /// reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let target = config.target()?;
-        let client = client::single_client(&config, &target)?;
-        let conn = client::shared_manager(&config, &target, &client).await?;
+        let cluster = target.cluster;
+        if cluster {
+            slot_prefix(&config.default_queue)?;
+            slot_prefix(&config.delayed_tasks_key).map_err(|_| {
+                Error::config(
+                    "redis.delayed_tasks_key",
+                    "has a `}` but no hash tag: cannot be used on a Redis Cluster",
+                )
+            })?;
+        }
+        let connector = Connector::new(&config, &target)?;
+        let conn = connector.shared(&config, &target).await?;
+        let wait_replicas = config.wait_replicas(&target);
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 config,
                 target,
-                client,
+                connector,
                 conn,
+                cluster,
+                wait_replicas,
                 cancel: CancellationToken::new(),
                 mover_started: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
@@ -127,10 +173,10 @@ impl RedisBroker {
         &self.inner.config
     }
 
-    /// A result backend sharing this broker's connection and settings (single node only).
+    /// A result backend sharing this broker's connection and settings.
     pub fn backend(&self) -> RedisBackend {
         RedisBackend::from_parts(
-            crate::client::Conn::Single(self.inner.conn.clone()),
+            self.inner.conn.clone(),
             &self.inner.config,
             self.inner.target.display.clone(),
         )
@@ -138,10 +184,7 @@ impl RedisBroker {
 
     /// A periodic-task lock sharing this broker's connection.
     pub fn lock(&self) -> RedisLock {
-        RedisLock::from_parts(
-            crate::client::Conn::Single(self.inner.conn.clone()),
-            self.inner.target.display.clone(),
-        )
+        RedisLock::from_parts(self.inner.conn.clone(), self.inner.target.display.clone())
     }
 
     /// The dead-letter list of `queue` (`<queue>.dead`), oldest first: each message byte for
@@ -150,7 +193,7 @@ impl RedisBroker {
     /// # Errors
     /// When the server cannot be reached.
     pub async fn dead_letters(&self, queue: &str) -> Result<Vec<DeadLetter>> {
-        let key = QueueKeys::new(queue).dead;
+        let key = QueueKeys::new(queue, self.inner.cluster)?.dead;
         let mut conn = self.inner.conn.clone();
         let raw: Vec<Vec<u8>> = conn
             .lrange(&key, 0, -1)
@@ -168,7 +211,7 @@ impl RedisBroker {
     /// # Errors
     /// When the server cannot be reached.
     pub async fn move_due_delayed_tasks(&self) -> Result<usize> {
-        delayed::move_due(&self.inner.conn, &self.inner.config).await
+        delayed::move_due(&self.inner).await
     }
 
     fn queue_for<'a>(&'a self, sig: &'a Signature) -> &'a str {
@@ -177,6 +220,48 @@ impl RedisBroker {
         } else {
             &sig.routing_key
         }
+    }
+
+    /// Publish and wait until `wait_replicas` replicas have the write (`WAIT`, in the same
+    /// round trip). Fewer confirmations is an error: the message may still be delivered (at
+    /// least once), but a failover could lose it.
+    async fn publish_replicated(
+        &self,
+        body: &[u8],
+        queue: &str,
+        eta: Option<machinery_core::Timestamp>,
+    ) -> Result<()> {
+        let delayed_key = &self.inner.config.delayed_tasks_key;
+        let target = if eta.is_some() { delayed_key } else { queue };
+        let wanted = self.inner.wait_replicas;
+        let timeout_ms = self.inner.config.wait_replicas_timeout().as_millis() as u64;
+        let mut pipe = redis::pipe();
+        match eta {
+            Some(eta) => {
+                let score = machinery_core::time::unix_nanos(&eta);
+                pipe.zadd(delayed_key, body, score).ignore();
+            }
+            None => {
+                pipe.rpush(queue, body).ignore();
+            }
+        }
+        pipe.cmd("WAIT").arg(wanted).arg(timeout_ms);
+        let mut conn = self.inner.conn.clone();
+        let (acked,): (u32,) = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| error::map(format!("cannot publish to {target}"), e))?;
+        if acked < wanted {
+            return Err(Error::backend(
+                DRIVER,
+                format!(
+                    "published to {target}, but only {acked} of {wanted} replica(s) confirmed it within {timeout_ms} ms (redis.wait_replicas): a failover now could lose it"
+                ),
+                true,
+                std::io::Error::other("not replicated"),
+            ));
+        }
+        Ok(())
     }
 
     fn start_delayed_mover(&self) {
@@ -234,6 +319,10 @@ impl Broker for RedisBroker {
         let queue = self.queue_for(sig);
         let delayed_key = &self.inner.config.delayed_tasks_key;
         let eta = sig.future_eta();
+        let target = if eta.is_some() { delayed_key } else { queue };
+        if self.inner.wait_replicas > 0 {
+            return self.publish_replicated(&body, queue, eta).await;
+        }
         retry_once(&self.inner.conn, |mut c| {
             let body = &body;
             async move {
@@ -247,10 +336,7 @@ impl Broker for RedisBroker {
             }
         })
         .await
-        .map_err(|e| {
-            let target = if eta.is_some() { delayed_key } else { queue };
-            error::map(format!("cannot publish to {target}"), e)
-        })
+        .map_err(|e| error::map(format!("cannot publish to {target}"), e))
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<DeliveryStream> {
@@ -333,4 +419,32 @@ fn decode_all(raw: &[Vec<u8>], key: &str) -> Vec<Signature> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_keys_share_the_queues_slot() {
+        assert_eq!(slot_prefix("machinery_tasks").unwrap(), "{machinery_tasks}");
+        assert_eq!(slot_prefix("a{b}c").unwrap(), "a{b}c");
+        assert_eq!(slot_prefix("a{c").unwrap(), "{a{c}");
+        assert!(slot_prefix("a{}c{").is_err());
+        assert!(slot_prefix("a}b").is_err());
+        assert!(slot_prefix("a{}b}").is_err());
+        let k = QueueKeys::new("machinery_tasks", true).unwrap();
+        assert_eq!(k.queue, "machinery_tasks");
+        assert_eq!(k.registry, "{machinery_tasks}.consumers");
+        assert_eq!(k.processing_prefix, "{machinery_tasks}.processing.");
+        assert_eq!(k.dead, "{machinery_tasks}.dead");
+        let k = QueueKeys::new("machinery_tasks", false).unwrap();
+        assert_eq!(k.registry, "machinery_tasks.consumers");
+        assert_eq!(k.processing_prefix, "machinery_tasks.processing.");
+        assert_eq!(k.dead, "machinery_tasks.dead");
+        assert_eq!(
+            delayed::claims_key("delayed_tasks").unwrap(),
+            "{delayed_tasks}.claimed"
+        );
+    }
 }

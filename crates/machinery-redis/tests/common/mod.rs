@@ -212,3 +212,151 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Wait (blocking) until `redis-cli -p port <args>` prints something containing `want`.
+pub fn wait_cli(port: u16, args: &[&str], want: &str, limit: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be on PATH");
+        if String::from_utf8_lossy(&out.stdout).contains(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "redis-cli -p {port} {args:?} did not show `{want}` within {limit:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `redis-cli -p port <args>`, its output (fails the test when redis-cli fails).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be on PATH");
+    assert!(out.status.success(), "redis-cli -p {port} {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `n` distinct free ports usable as cluster nodes (their bus ports are free too).
+pub fn cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let p = free_cluster_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
+/// The arguments of a cluster node on `port`.
+pub fn cluster_node_args(port: u16) -> Vec<String> {
+    vec![
+        "--port".to_owned(),
+        port.to_string(),
+        "--cluster-enabled".to_owned(),
+        "yes".to_owned(),
+        "--cluster-config-file".to_owned(),
+        format!("nodes-{port}.conf"),
+        "--cluster-node-timeout".to_owned(),
+        "5000".to_owned(),
+    ]
+}
+
+/// Join the nodes on `ports` into one cluster (slots split evenly, no replicas) and wait until
+/// every node reports `cluster_state:ok`.
+pub fn create_cluster(ports: &[u16]) {
+    let mut create = std::process::Command::new("redis-cli");
+    create.args(["--cluster", "create"]);
+    for port in ports {
+        create.arg(format!("127.0.0.1:{port}"));
+    }
+    let status = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli must be on PATH");
+    assert!(status.success(), "redis-cli --cluster create failed");
+    for &port in ports {
+        wait_cli(
+            port,
+            &["cluster", "info"],
+            "cluster_state:ok",
+            Duration::from_secs(30),
+        );
+    }
+}
+
+/// The URL of a cluster: every node, comma-separated.
+pub fn cluster_url(ports: &[u16]) -> String {
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!("redis://{}", nodes.join(","))
+}
+
+/// A private 3-master Redis Cluster on free ports, killed when dropped.
+pub struct Cluster {
+    pub ports: Vec<u16>,
+    pub url: String,
+    pub servers: Vec<RedisServer>,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let ports = cluster_ports(3);
+        let mut servers = Vec::new();
+        for &port in &ports {
+            let args = cluster_node_args(port);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            servers.push(RedisServer::start(&format!("redis://127.0.0.1:{port}/"), &args).await);
+        }
+        create_cluster(&ports);
+        Cluster {
+            url: cluster_url(&ports),
+            ports,
+            servers,
+        }
+    }
+}
+
+/// One private 3-master cluster for the whole test binary, started on first use; its servers
+/// are killed when the test process exits (a watchdog shell per server), even though this
+/// value is never dropped. Returns its URL.
+pub fn shared_cluster() -> &'static str {
+    static CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let ports = cluster_ports(3);
+        let dir = std::env::temp_dir().join(namespace());
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for &port in &ports {
+            let mut args = cluster_node_args(port);
+            args.extend(
+                ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned),
+            );
+            args.push("--dir".to_owned());
+            args.push(dir.display().to_string());
+            // The shell's parent is this test process: once it is gone, the server goes too.
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(
+                    r#"redis-server "$@" >/dev/null & r=$!
+while kill -0 $PPID 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done
+kill -9 $r 2>/dev/null"#,
+                )
+                .arg("sh")
+                .args(&args)
+                .spawn()
+                .expect("sh");
+            wait_cli(port, &["ping"], "PONG", Duration::from_secs(10));
+        }
+        create_cluster(&ports);
+        cluster_url(&ports)
+    })
+}
