@@ -124,6 +124,8 @@ pub fn free_cluster_port() -> u16 {
 pub struct RedisServer {
     child: Option<std::process::Child>,
     args: Vec<String>,
+    /// A Sentinel (started from a config file, without the data options).
+    sentinel: bool,
     /// Where it is reachable, as a URL.
     pub url: String,
     /// Its working directory.
@@ -138,7 +140,23 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut server = RedisServer {
             child: None,
+            sentinel: false,
             args: args.iter().map(|s| (*s).to_owned()).collect(),
+            url: url.to_owned(),
+            dir,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Start `redis-server <conf> --sentinel` (the config file must be writable: the
+    /// Sentinel rewrites it) and wait until `url` answers PING.
+    pub async fn start_sentinel(url: &str, conf: &std::path::Path) -> RedisServer {
+        let dir = conf.parent().expect("a directory").to_owned();
+        let mut server = RedisServer {
+            child: None,
+            sentinel: true,
+            args: vec![conf.display().to_string(), "--sentinel".to_owned()],
             url: url.to_owned(),
             dir,
         };
@@ -149,14 +167,17 @@ impl RedisServer {
     /// Start it again (after [`RedisServer::kill`]).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = std::process::Command::new("redis-server")
-            .args(&self.args)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
+        let mut cmd = std::process::Command::new("redis-server");
+        cmd.args(&self.args);
+        if !self.sentinel {
+            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&self.dir);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .spawn()
-            .expect("spawn redis-server");
+            .expect("redis-server must be on PATH");
         self.child = Some(child);
         self.wait_ready().await;
     }
