@@ -55,13 +55,17 @@ async fn unreachable_server_is_a_clear_error_without_the_password() {
     let err = RedisBackend::from_url(url).await.expect_err("backend too");
     assert!(err.to_string().contains("127.0.0.1:1"));
     assert!(!format!("{err:?}").contains("supersecret"));
-    let err = RedisBroker::from_url("redis://h1:1,h2:2")
+    // A cluster (or Sentinels) nobody runs: an error naming every node.
+    let err = RedisBroker::from_url("redis://:supersecret@127.0.0.1:1,127.0.0.1:2")
         .await
         .expect_err("cluster");
-    assert!(
-        matches!(err, machinery_core::Error::Unsupported { .. }),
-        "{err}"
-    );
+    let text = err.to_string();
+    assert!(text.contains("127.0.0.1:1,127.0.0.1:2"), "{text}");
+    assert!(!text.contains("supersecret"), "{text}");
+    let err = RedisBroker::from_url("redis://127.0.0.1:1,127.0.0.1:2?master_name=m")
+        .await
+        .expect_err("sentinels");
+    assert!(err.to_string().contains("master_name=m"), "{err}");
     let err = RedisBroker::from_url("amqp://h").await.expect_err("scheme");
     assert!(matches!(err, machinery_core::Error::Config { .. }), "{err}");
 }

@@ -145,7 +145,8 @@ async fn lock_in(drivers: &[Driver], off: &[&str], url: &str, c: &Config) -> Res
 
 /// A broker for `url`, from the first driver of [`DRIVERS`] whose prefix `url` starts with:
 /// `memory://` (or `eager`), `redis://` / `rediss://` / `redis+socket://` / `unix://`
-/// (feature `redis`), `amqp://` / `amqps://` (feature `amqp`).
+/// (feature `redis`; a comma list of `host:port` is a Redis Cluster, or the Sentinels with
+/// `redis.master_name` or `?master_name=NAME`), `amqp://` / `amqps://` (feature `amqp`).
 ///
 /// # Errors
 /// [`Error::UnknownScheme`] listing the prefixes this build understands (and the driver
@@ -309,6 +310,31 @@ mod tests {
     }
 
     #[cfg(feature = "amqp")]
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn malformed_sentinel_and_cluster_urls_are_clear_config_errors() {
+        let mut sentinel = Config::default();
+        sentinel.redis.master_name = "mymaster".to_owned();
+        sentinel.redis.cluster_mode = true;
+        for (url, config, says) in [
+            (
+                "redis://s1:26379?master_name=",
+                Config::default(),
+                "master_name",
+            ),
+            ("redis://s1:26379,s2:26379", sentinel.clone(), "not both"),
+            ("redis+socket:///tmp/r.sock", sentinel, "Sentinel needs"),
+            ("redis://h1:7000,h2:7001/2", Config::default(), "database 0"),
+            ("redis://h1:7000,,h2:7001", Config::default(), "missing host"),
+        ] {
+            let err = broker_from_url(url, &config)
+                .await
+                .expect_err(url)
+                .to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+    }
+
     #[tokio::test]
     async fn a_driver_without_a_lock_says_so() {
         let err = lock_from_url("amqp://guest:guest@localhost/", &Config::default())

@@ -104,7 +104,10 @@ pub async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> V
 }
 
 /// How many of `uuids` have a SUCCESS state stored.
-pub async fn successes(conn: &mut MultiplexedConnection, uuids: &[String]) -> usize {
+pub async fn successes<C>(conn: &mut C, uuids: &[String]) -> usize
+where
+    C: redis::aio::ConnectionLike + Send,
+{
     let mut n = 0;
     for chunk in uuids.chunks(1000) {
         let states: Vec<Option<String>> = conn.mget(chunk).await.expect("mget");
@@ -118,8 +121,8 @@ pub async fn successes(conn: &mut MultiplexedConnection, uuids: &[String]) -> us
 }
 
 /// Wait until `want` of `uuids` are SUCCESS, failing if the worker exits or `limit` passes.
-pub async fn wait_for_successes(
-    conn: &mut MultiplexedConnection,
+pub async fn wait_for_successes<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
     uuids: &[String],
     want: usize,
     limit: Duration,
