@@ -48,6 +48,9 @@ install_packages() {
   # The restart / TLS tests start their own servers, so the binaries must exist even when
   # the machine's services are already running.
   command -v redis-server >/dev/null || apt+=(redis-server)
+  # The cluster tests need redis-cli (--cluster create); the Sentinel tests run
+  # `redis-server --sentinel`, so no separate redis-sentinel binary is needed.
+  command -v redis-cli >/dev/null || apt+=(redis-tools)
   command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || apt+=(rabbitmq-server)
   command -v openssl >/dev/null || apt+=(openssl)
   command -v memcached >/dev/null || [ -x /usr/bin/memcached ] || apt+=(memcached)

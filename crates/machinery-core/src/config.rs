@@ -917,6 +917,28 @@ mod tests {
     }
 
     #[test]
+    fn go_sentinel_and_cluster_settings() {
+        let env = |k: &str| match k {
+            "REDIS_MASTER_NAME" => Some("mymaster".to_owned()),
+            "REDIS_SENTINEL_PASSWORD" => Some("sentinelsecret".to_owned()),
+            "REDIS_WAIT_REPLICAS" => Some("2".to_owned()),
+            "REDIS_CLUSTER_ENABLED" => Some("true".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_env_with(env).unwrap();
+        assert_eq!(c.redis.master_name, "mymaster");
+        assert_eq!(c.redis.sentinel_password, "sentinelsecret");
+        assert_eq!(c.redis.wait_replicas, Some(2));
+        assert!(c.redis.cluster_mode);
+        assert!(!format!("{c:?}").contains("sentinelsecret"));
+        let yaml = "redis:\n  master_name: m\n  sentinel_password: s\n  wait_replicas: 0\n";
+        let c = Config::from_yaml_str(yaml).unwrap();
+        assert_eq!(c.redis.master_name, "m");
+        assert_eq!(c.redis.sentinel_password, "s");
+        assert_eq!(c.redis.wait_replicas, Some(0));
+    }
+
+    #[test]
     fn env_overrides_and_names_bad_keys() {
         let env = |k: &str| match k {
             "BROKER" => Some("redis://:pw@localhost:6379/1".to_owned()),

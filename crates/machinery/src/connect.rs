@@ -325,7 +325,11 @@ mod tests {
             ("redis://s1:26379,s2:26379", sentinel.clone(), "not both"),
             ("redis+socket:///tmp/r.sock", sentinel, "Sentinel needs"),
             ("redis://h1:7000,h2:7001/2", Config::default(), "database 0"),
-            ("redis://h1:7000,,h2:7001", Config::default(), "missing host"),
+            (
+                "redis://h1:7000,,h2:7001",
+                Config::default(),
+                "missing host",
+            ),
         ] {
             let err = broker_from_url(url, &config)
                 .await

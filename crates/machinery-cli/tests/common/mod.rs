@@ -106,7 +106,7 @@ pub async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> V
 /// How many of `uuids` have a SUCCESS state stored.
 pub async fn successes<C>(conn: &mut C, uuids: &[String]) -> usize
 where
-    C: redis::aio::ConnectionLike + Send,
+    C: AsyncCommands,
 {
     let mut n = 0;
     for chunk in uuids.chunks(1000) {
@@ -121,7 +121,7 @@ where
 }
 
 /// Wait until `want` of `uuids` are SUCCESS, failing if the worker exits or `limit` passes.
-pub async fn wait_for_successes<C: redis::aio::ConnectionLike + Send>(
+pub async fn wait_for_successes<C: AsyncCommands>(
     conn: &mut C,
     uuids: &[String],
     want: usize,
