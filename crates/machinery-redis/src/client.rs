@@ -113,15 +113,18 @@ async fn ping(conn: &mut impl ConnectionLike) -> redis::RedisResult<()> {
 #[derive(Clone)]
 pub(crate) enum Connector {
     /// One node.
-    Single(Client),
+    Single(Box<Client>),
     /// The master the Sentinels name, asked again for every new connection.
     Sentinel(Arc<SentinelResolver>),
-    /// A Redis Cluster: `shared` has the ordinary response timeout, `blocking` one that covers
-    /// a blocking pop.
-    Cluster {
-        shared: ClusterClient,
-        blocking: ClusterClient,
-    },
+    /// A Redis Cluster.
+    Cluster(Arc<ClusterClients>),
+}
+
+/// The two cluster clients: `shared` with the ordinary response timeout, `blocking` with one
+/// that covers a blocking pop.
+pub(crate) struct ClusterClients {
+    shared: ClusterClient,
+    blocking: ClusterClient,
 }
 
 impl Connector {
@@ -133,12 +136,12 @@ impl Connector {
         }
         if target.cluster {
             let blocking_timeout = config.block_timeout() + config.response_timeout();
-            return Ok(Connector::Cluster {
+            return Ok(Connector::Cluster(Arc::new(ClusterClients {
                 shared: cluster_client(config, target, config.response_timeout())?,
                 blocking: cluster_client(config, target, blocking_timeout)?,
-            });
+            })));
         }
-        Ok(Connector::Single(single_client(config, target)?))
+        Ok(Connector::Single(Box::new(single_client(config, target)?)))
     }
 
     /// The shared, auto-pipelined connection that reconnects by itself (found reachable now).
@@ -155,8 +158,9 @@ impl Connector {
                     .map_err(|e| error::unreachable(&target.display, e))?;
                 Ok(Conn::Sentinel(conn))
             }
-            Connector::Cluster { shared, .. } => {
-                let mut conn = shared
+            Connector::Cluster(clients) => {
+                let mut conn = clients
+                    .shared
                     .get_async_connection()
                     .await
                     .map_err(|e| error::unreachable(&target.display, e))?;
@@ -192,9 +196,9 @@ impl Connector {
                         .await?,
                 ))
             }
-            Connector::Cluster { blocking, .. } => {
-                Ok(Conn::Cluster(blocking.get_async_connection().await?))
-            }
+            Connector::Cluster(clients) => Ok(Conn::Cluster(
+                clients.blocking.get_async_connection().await?,
+            )),
         }
     }
 }

@@ -350,6 +350,7 @@ impl Cluster {
 /// One private 3-master cluster for the whole test binary, started on first use; its servers
 /// are killed when the test process exits (a watchdog shell per server), even though this
 /// value is never dropped. Returns its URL.
+#[allow(clippy::zombie_processes)] // each watchdog shell outlives this process by design
 pub fn shared_cluster() -> &'static str {
     static CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CLUSTER.get_or_init(|| {
