@@ -151,6 +151,12 @@ impl Connector {
                 Ok(Conn::Single(shared_manager(config, target, client).await?))
             }
             Connector::Sentinel(resolver) => {
+                // Ask the Sentinels once first: no master now is an error at once, not after
+                // the wait a command allows for a failover.
+                resolver
+                    .master()
+                    .await
+                    .map_err(|e| error::unreachable(&target.display, e))?;
                 let conn = SentinelConn::new(Arc::clone(resolver), config);
                 let mut probe = conn.clone();
                 ping(&mut probe)

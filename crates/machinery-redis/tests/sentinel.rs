@@ -327,8 +327,13 @@ async fn master_killed_mid_run_loses_no_task() {
             sentinels.master.kill();
             sentinels.wait_master(sentinels.replica_port, Duration::from_secs(30));
             // With `wait_replicas` 1 (the default with Sentinel) publishes fail until the new
-            // master has a replica again: the old one, restarted, as a supervisor would.
-            sentinels.master.restart().await;
+            // master has a replica again: the old one, restarted as a replica of the new
+            // master (as an operator would; empty, it must not come back as a master).
+            let new_master = sentinels.replica_port.to_string();
+            sentinels
+                .master
+                .restart_with(&["--replicaof", "127.0.0.1", &new_master])
+                .await;
             common::wait_cli(
                 sentinels.master_port,
                 &["info", "replication"],

@@ -166,9 +166,14 @@ impl RedisServer {
 
     /// Start it again (after [`RedisServer::kill`]).
     pub async fn restart(&mut self) {
+        self.restart_with(&[]).await;
+    }
+
+    /// Start it again with `extra` arguments added.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let mut cmd = std::process::Command::new("redis-server");
-        cmd.args(&self.args);
+        cmd.args(&self.args).args(extra);
         if !self.sentinel {
             cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .arg("--dir")
@@ -354,6 +359,13 @@ impl Cluster {
 pub fn shared_cluster() -> &'static str {
     static CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     CLUSTER.get_or_init(|| {
+        // Fail loudly (not with a timeout) when the binaries are missing.
+        for bin in ["redis-server", "redis-cli"] {
+            std::process::Command::new(bin)
+                .arg("--version")
+                .output()
+                .unwrap_or_else(|e| panic!("{bin} must be on PATH: {e}"));
+        }
         let ports = cluster_ports(3);
         let dir = std::env::temp_dir().join(namespace());
         std::fs::create_dir_all(&dir).expect("temp dir");
