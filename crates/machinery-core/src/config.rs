@@ -42,6 +42,8 @@ pub struct Config {
     pub dynamodb: DynamoDbSettings,
     /// MongoDB settings (YAML `mongodb`).
     pub mongodb: MongoDbSettings,
+    /// GCP Pub/Sub settings (Go's `GCPPubSub`, set from code in Go; YAML `gcp_pubsub` here).
+    pub gcp_pubsub: GcpPubSubSettings,
     /// Do not install SIGINT / SIGTERM handlers in workers. YAML `no_unix_signals`, env
     /// `NO_UNIX_SIGNALS`. Default false.
     pub no_unix_signals: bool,
@@ -63,6 +65,7 @@ impl Default for Config {
             redis: RedisSettings::default(),
             dynamodb: DynamoDbSettings::default(),
             mongodb: MongoDbSettings::default(),
+            gcp_pubsub: GcpPubSubSettings::default(),
             no_unix_signals: false,
             worker: WorkerSettings::default(),
         }
@@ -263,6 +266,23 @@ impl Default for MongoDbSettings {
     }
 }
 
+/// GCP Pub/Sub settings (Go's `GCPPubSubConfig`: `MaxExtension`; Go has no YAML or
+/// environment names for it, these are machinery-rs's).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GcpPubSubSettings {
+    /// Longest time the lease of a message whose task is running is extended, seconds (Go's
+    /// `MaxExtension`); after it the message is delivered again. 0 = 3600 (the Go client's
+    /// default). YAML `max_extension`, env `GCP_PUBSUB_MAX_EXTENSION`.
+    pub max_extension: u64,
+    /// Ack deadline of the streaming pull, seconds, 10..=600: how long after a worker dies
+    /// its messages come back. 0 = 60. YAML `ack_deadline`, env `GCP_PUBSUB_ACK_DEADLINE`.
+    pub ack_deadline: u64,
+    /// Create missing topics and subscriptions (development and tests; Go requires both to
+    /// exist). Default false. YAML `create_missing`, env `GCP_PUBSUB_CREATE_MISSING`.
+    pub create_missing: bool,
+}
+
 /// Worker behaviour that Go hard-codes or gets wrong.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -316,6 +336,7 @@ impl fmt::Debug for Config {
             .field("redis", &self.redis)
             .field("dynamodb", &self.dynamodb)
             .field("mongodb", &self.mongodb)
+            .field("gcp_pubsub", &self.gcp_pubsub)
             .field("no_unix_signals", &self.no_unix_signals)
             .field("worker", &self.worker)
             .finish()
@@ -435,6 +456,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "redis",
             "dynamodb",
             "mongodb",
+            "gcp_pubsub",
             "no_unix_signals",
             "worker",
         ],
@@ -489,6 +511,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         &["task_states_table", "group_metas_table", "create_tables"],
     ),
     ("mongodb", &["database"]),
+    (
+        "gcp_pubsub",
+        &["max_extension", "ack_deadline", "create_missing"],
+    ),
     (
         "worker",
         &[
@@ -710,6 +736,13 @@ impl Config {
         set!("TASK_STATES_TABLE", c.dynamodb.task_states_table, str);
         set!("GROUP_METAS_TABLE", c.dynamodb.group_metas_table, str);
         set!("DYNAMODB_CREATE_TABLES", c.dynamodb.create_tables, bool);
+        set!("GCP_PUBSUB_MAX_EXTENSION", c.gcp_pubsub.max_extension);
+        set!("GCP_PUBSUB_ACK_DEADLINE", c.gcp_pubsub.ack_deadline);
+        set!(
+            "GCP_PUBSUB_CREATE_MISSING",
+            c.gcp_pubsub.create_missing,
+            bool
+        );
         set!("NO_UNIX_SIGNALS", c.no_unix_signals, bool);
         set!(
             "WORKER_UNKNOWN_TASK_DELAY_MS",
@@ -1009,6 +1042,27 @@ mod tests {
             "sqs:\n  endpoint_url: http://h\n  create_queues: true\n  visibility_hearth_beat: true\n  receive_visibility_timeout: 5\n",
         )
         .unwrap();
+        let c = Config::from_yaml_str(
+            "gcp_pubsub:\n  max_extension: 120\n  ack_deadline: 20\n  create_missing: true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.gcp_pubsub.max_extension, c.gcp_pubsub.ack_deadline),
+            (120, 20)
+        );
+        assert!(c.gcp_pubsub.create_missing);
+        let c = Config::from_env_with(|k| match k {
+            "GCP_PUBSUB_MAX_EXTENSION" => Some("90".into()),
+            "GCP_PUBSUB_ACK_DEADLINE" => Some("10".into()),
+            "GCP_PUBSUB_CREATE_MISSING" => Some("1".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (c.gcp_pubsub.max_extension, c.gcp_pubsub.ack_deadline),
+            (90, 10)
+        );
+        assert!(c.gcp_pubsub.create_missing);
         // Free-form maps take any key.
         let c = Config::from_yaml_str("amqp:\n  queue_declare_args:\n    x-anything: 1\n").unwrap();
         assert_eq!(c.amqp.queue_declare_args["x-anything"], 1);
