@@ -216,6 +216,16 @@ fn backend_round_trips(config: &Config) -> Option<u64> {
         .then(machinery::mongo::round_trips)
 }
 
+/// Pub/Sub API calls the brokers of this process have made so far (counted by the driver),
+/// when the broker is Pub/Sub.
+fn broker_api_calls(config: &Config) -> Option<u64> {
+    config
+        .broker
+        .to_ascii_lowercase()
+        .starts_with("gcppubsub://")
+        .then(machinery::pubsub::api_calls)
+}
+
 fn header(config: &Config, args: &BenchArgs) {
     println!(
         "# broker {} | backend {} | worker concurrency {} | send concurrency {} | {} cores",
@@ -238,6 +248,9 @@ pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
     // AMQP: the default routing key is the binding key; keep it on the bench queue
     // (otherwise every task is also copied to an orphan `machinery_task` queue).
     config.amqp.binding_key = config.default_queue.clone();
+    // Pub/Sub: that fresh topic (and its subscription) must be created (Go's rule is that
+    // they exist beforehand).
+    config.gcp_pubsub.create_missing = true;
     // AMQP: prefetch as many tasks as the worker runs at once (Go's default of 3 would
     // leave a worker of concurrency 256 mostly idle); 256 for unlimited concurrency.
     config.amqp.prefetch_count = match args.concurrency {
@@ -293,12 +306,14 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
     let sigs = adds(args.n);
     let sample = sample_uuids(&sigs);
     let trips_before = backend_round_trips(config);
+    let calls_before = broker_api_calls(config);
     let start = Instant::now();
     p.send_many(sigs, args.send_concurrency).await?;
     let sent = start.elapsed();
     p.wait_done(args.n, Duration::from_secs(600)).await?;
     let total = start.elapsed();
     let trips = trips_before.zip(backend_round_trips(config));
+    let calls = calls_before.zip(broker_api_calls(config));
     w.quit();
     w.join().await?;
     verify_sample(&p.sender, &sample).await?;
@@ -314,6 +329,13 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
     if let Some((before, after)) = trips {
         println!(
             "e2e: {} backend round trips = {:.2} per completed task (sender and worker)",
+            after - before,
+            (after - before) as f64 / args.n as f64
+        );
+    }
+    if let Some((before, after)) = calls {
+        println!(
+            "e2e: {} Pub/Sub API calls = {:.3} per completed task (sender and worker: Publish, StreamingPull, Acknowledge, ModifyAckDeadline)",
             after - before,
             (after - before) as f64 / args.n as f64
         );

@@ -30,6 +30,7 @@ driver_table! {
     "dynamodb" => machinery_dynamodb,
     "memcache" => machinery_memcache,
     "sqs" => machinery_sqs,
+    "pubsub" => machinery_pubsub,
 }
 
 /// What is being connected, for picking the table column and for messages.
@@ -307,6 +308,32 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(default_lock_url(DRIVERS, &c), "unix:///tmp/r.sock");
+    }
+
+    #[cfg(feature = "pubsub")]
+    #[test]
+    fn gcppubsub_urls_reach_the_pubsub_broker_only() {
+        let d = pick(DRIVERS, Kind::Broker, "gcppubsub://my-project/my_sub").unwrap();
+        assert_eq!(d.name, "pubsub");
+        assert!(pick(DRIVERS, Kind::Backend, "gcppubsub://my-project/my_sub").is_none());
+        assert!(pick(DRIVERS, Kind::Lock, "gcppubsub://my-project/my_sub").is_none());
+    }
+
+    #[cfg(feature = "pubsub")]
+    #[tokio::test]
+    async fn a_bad_gcppubsub_url_is_a_config_error_before_any_connection() {
+        let err = broker_from_url("gcppubsub://only-a-project", &Config::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { key, .. } if key == "broker"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("gcppubsub://<project>/<subscription>"),
+            "{err}"
+        );
     }
 
     #[cfg(feature = "amqp")]

@@ -29,6 +29,10 @@ pub use machinery_dynamodb as dynamodb;
 #[cfg(feature = "sqs")]
 pub use machinery_sqs as sqs;
 
+/// The GCP Pub/Sub broker (feature `pubsub`).
+#[cfg(feature = "pubsub")]
+pub use machinery_pubsub as pubsub;
+
 /// How to add a driver (`docs/adding-a-driver.md`; its snippets compile as doctests).
 #[doc = include_str!("../../../docs/adding-a-driver.md")]
 pub mod adding_a_driver {}
