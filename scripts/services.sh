@@ -17,6 +17,10 @@ RABBIT_NODE=${RABBIT_NODE:-rabbit@$(hostname -s)}
 MONGO_PORT=${MONGO_PORT:-27017}
 MEMCACHED_PORT=${MEMCACHED_PORT:-11211}
 SECANTUS_VERSION=${SECANTUS_VERSION:-0.7.0b3}
+PUBSUB_PORT=${PUBSUB_PORT:-8085}
+# Google's Pub/Sub emulator (Debian package google-cloud-cli-pubsub-emulator, Java).
+PUBSUB_EMULATOR=${PUBSUB_EMULATOR:-/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator}
+PUBSUB_PROJECT=${PUBSUB_PROJECT:-machinery-test}
 PY=${PY:-python3}
 
 mkdir -p "$SVC_DIR"
@@ -28,6 +32,7 @@ mongo_ok() { timeout 5 "$PY" -c "import pymongo; pymongo.MongoClient('127.0.0.1'
 moto_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$MOTO_PORT; printf 'GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3; IFS= read -r -t 2 l <&3; [[ \$l == HTTP/*' 200'* ]]" 2>/dev/null; }
 mc_ok()    { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf 'version\r\n' >&3; IFS= read -r -t 1 l <&3; [[ \$l == VERSION* ]]" 2>/dev/null; }
 memcached_ok() { mc_ok "$MEMCACHED_PORT"; }
+pubsub_ok() { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PUBSUB_PORT; printf 'GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3; grep -q '^Ok' <&3" 2>/dev/null; }
 amqp_ok()  { timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT; printf 'AMQP\x00\x00\x09\x01' >&3; head -c1 <&3 | od -An -tx1 | grep -q 01" 2>/dev/null; }
 
 wait_for() {
@@ -123,6 +128,21 @@ launch_memcached() {
   echo "$MEMCACHED_PORT" >"$SVC_DIR/memcached.port"
 }
 
+# The Pub/Sub emulator keeps everything in memory; the tests create their topics and
+# subscriptions. Without the package (it cannot be installed from the registries here) the
+# Pub/Sub tests fail under MACHINERY_REQUIRE_SERVICES=1 instead of skipping.
+launch_pubsub() {
+  pubsub_ok && { log "pubsub emulator already up on $PUBSUB_PORT"; return; }
+  if [ ! -x "$PUBSUB_EMULATOR" ]; then
+    log "pubsub emulator not installed ($PUBSUB_EMULATOR): MACHINERY_TEST_PUBSUB_URL stays unset"
+    PUBSUB_MISSING=1
+    return
+  fi
+  CLOUD_PUBSUB_EMULATOR_OPTS=${CLOUD_PUBSUB_EMULATOR_OPTS:--Xmx512m} \
+    nohup "$PUBSUB_EMULATOR" --host=127.0.0.1 --port="$PUBSUB_PORT" >"$SVC_DIR/pubsub.log" 2>&1 &
+  echo $! >"$SVC_DIR/pubsub.pid"
+}
+
 write_env() {
   cat >"$SVC_DIR/env.sh" <<ENV
 export MACHINERY_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
@@ -135,6 +155,13 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
 export MACHINERY_TEST_DYNAMODB_URL=dynamodb+http://test:test@127.0.0.1:$MOTO_PORT?region=us-east-1
 export MACHINERY_TEST_SQS_URL=http://127.0.0.1:$MOTO_PORT/123456789012
 ENV
+  if [ -z "${PUBSUB_MISSING:-}" ]; then
+    cat >>"$SVC_DIR/env.sh" <<ENV
+# Google's Pub/Sub emulator: the broker reads PUBSUB_EMULATOR_HOST (anonymous credentials).
+export PUBSUB_EMULATOR_HOST=127.0.0.1:$PUBSUB_PORT
+export MACHINERY_TEST_PUBSUB_URL=gcppubsub://$PUBSUB_PROJECT/machinery_tasks
+ENV
+  fi
   log "wrote $SVC_DIR/env.sh"
 }
 
@@ -164,11 +191,13 @@ case "${1:-start}" in
     launch_mongo
     launch_moto
     launch_memcached
+    launch_pubsub
     wait_for redis 30 redis_ok
     wait_for mongo 60 mongo_ok
     wait_for moto 60 moto_ok
     wait_for memcached 30 memcached_ok
     wait_for rabbitmq 120 amqp_ok
+    [ -n "${PUBSUB_MISSING:-}" ] || wait_for pubsub 60 pubsub_ok
     write_env ;;
   stop) stop_all ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
