@@ -743,6 +743,11 @@ impl Inner {
         let create = self.config.create_missing;
         self.ensure_topic(id, create).await?;
         let ordering = if id == self.url_sub.topic {
+            if create {
+                // After a restart of the emulator the URL's subscription is gone too: make
+                // sure it exists before publishing, or the messages would have no reader.
+                self.ensure_subscription(&self.url_sub.id, id, true).await?;
+            }
             self.url_sub.ordering
         } else if create {
             self.sub_for_queue(id, true).await?.ordering
