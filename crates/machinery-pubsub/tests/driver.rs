@@ -88,6 +88,59 @@ async fn eta_of_two_seconds_is_never_early_and_the_sender_returns_at_once() {
     common::teardown(&broker, &ns).await;
 }
 
+/// An ETA beyond the longest single hold (shortened to 1 s here, 600 s on Pub/Sub) is held
+/// again each time it comes back, and delivered at its ETA, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eta_beyond_one_hold_is_held_again_until_due() {
+    let Some((broker, ns, q)) = setup(|c| c.max_hold_seconds = 1).await else {
+        return;
+    };
+    let eta = time::now() + chrono::Duration::milliseconds(3500);
+    broker
+        .publish(&Signature::new("t").routing_key(&q).eta(eta))
+        .await
+        .expect("publish");
+    let mut stream = broker.consume(&q, opts(1)).await.expect("consume");
+    let d = next(&mut stream, Duration::from_secs(20)).await;
+    let now = time::now();
+    assert!(now >= eta, "delivered {} early", eta - now);
+    d.ack().await.expect("ack");
+    let calls = broker.api_call_counts();
+    assert!(
+        calls.modify_ack_deadline >= 3,
+        "held several times for 1 s: {calls:?}"
+    );
+    drop(stream);
+    common::teardown(&broker, &ns).await;
+}
+
+/// `requeue(d)` with `d` beyond the longest single hold publishes the message again with
+/// the not-before attribute and acknowledges this copy: it comes back after `d`, not before,
+/// with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeue_longer_than_one_hold_is_not_early() {
+    let Some((broker, ns, q)) = setup(|c| c.max_hold_seconds = 1).await else {
+        return;
+    };
+    let sig = Signature::new("t").routing_key(&q);
+    broker.publish(&sig).await.expect("publish");
+    let mut stream = broker.consume(&q, opts(1)).await.expect("consume");
+    let d = next(&mut stream, Duration::from_secs(15)).await;
+    let delay = Duration::from_millis(2500);
+    let at = Instant::now();
+    d.requeue(Some(delay)).await.expect("requeue");
+    let again = next(&mut stream, Duration::from_secs(20)).await;
+    assert!(at.elapsed() >= delay, "back after {:?}", at.elapsed());
+    assert_eq!(again.signature().expect("a task").uuid, sig.uuid);
+    again.ack().await.expect("ack");
+    if let Ok(Some(x)) = tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+        panic!("the requeued message came twice: {x:?}");
+    }
+    assert!(broker.api_call_counts().publish >= 2, "published again");
+    drop(stream);
+    common::teardown(&broker, &ns).await;
+}
+
 /// A task that runs longer than the ack deadline (10 s) keeps its message: its lease is
 /// extended, so a second consumer never sees it, and once acked it is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
