@@ -21,8 +21,12 @@ async fn a_406_shows_the_servers_reply_text() {
     if url().is_none() {
         return;
     }
-    let Some(node) =
-        common::node::Node::start("limits", "max_message_size = 1048576\n", |_| {}).await
+    let Some(node) = machinery_testkit::servers::RabbitNode::start(
+        "limits",
+        "max_message_size = 1048576\n",
+        |_| {},
+    )
+    .await
     else {
         return;
     };

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use machinery_amqp::{AmqpBroker, AmqpConfig};
 use machinery_core::{Broker, ConsumeOptions, Signature};
 
-use common::node::{Node, find_tool, free_port};
+use machinery_testkit::servers::{RabbitNode as Node, find_tool, free_port};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run a command");

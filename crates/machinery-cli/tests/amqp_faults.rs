@@ -6,13 +6,12 @@
 //! `MACHINERY_TEST_AMQP_URL` and `MACHINERY_TEST_REDIS_URL` (unset = skipped).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use machinery::Broker as _;
 use machinery::amqp::{AmqpBroker, AmqpConfig};
 use machinery::{Config, Server, server_from_config};
+use machinery_testkit::servers::RabbitNode;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
@@ -157,140 +156,12 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     delete_states(&mut conn, &uuids).await;
 }
 
-/// `tool` on `PATH`.
-fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
-
-/// A TCP port that was free a moment ago (bound on 127.0.0.1:0, read, released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// A RabbitMQ node of this test (free ports), restarted by killing its process (SIGKILL, by
-/// the PID it wrote) and starting it again on the same ports and data directory.
-struct OwnRabbit {
-    dir: PathBuf,
-    port: u16,
-    dist_port: u16,
-    server: PathBuf,
-}
-
-impl OwnRabbit {
-    async fn start() -> Option<OwnRabbit> {
-        let Some(server) = find_tool("rabbitmq-server") else {
-            assert!(
-                std::env::var("MACHINERY_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "rabbitmq-server is not on PATH but MACHINERY_REQUIRE_SERVICES=1"
-            );
-            println!("skipped: rabbitmq-server is not on PATH");
-            return None;
-        };
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("machinery-amqp-faults-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("node dir");
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
-        )
-        .expect("node config");
-        // The Debian wrapper runs the node as user rabbitmq.
-        let _ = Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(&dir)
-            .status();
-        let node = OwnRabbit {
-            dir,
-            port,
-            dist_port: free_port(),
-            server,
-        };
-        node.launch().await;
-        Some(node)
-    }
-
-    fn node_name(&self) -> String {
-        format!("rabbit_amqpfaults_{}@localhost", self.port)
-    }
-
-    fn pid(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("pid"))
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-    }
-
-    async fn launch(&self) {
-        let _ = std::fs::remove_file(self.dir.join("pid"));
-        let status = Command::new(&self.server)
-            .arg("-detached")
-            .env("RABBITMQ_NODENAME", self.node_name())
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
-            .env("RABBITMQ_PID_FILE", self.dir.join("pid"))
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                self.dir.join("enabled_plugins"),
-            )
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run rabbitmq-server");
-        assert!(status.success(), "rabbitmq-server -detached failed");
-        let start = Instant::now();
-        loop {
-            let up = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok();
-            if up && self.pid().is_some() {
-                // The listener opens late in the boot: a moment more for the vhost.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "the private RabbitMQ node did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-            let _ = std::fs::remove_file(self.dir.join("pid"));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-}
-
-impl Drop for OwnRabbit {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_and_sender_resume_after_a_rabbitmq_restart() {
     let Some((_, redis_url)) = urls() else {
         return;
     };
-    let Some(node) = OwnRabbit::start().await else {
+    let Some(node) = RabbitNode::start("amqpfaults", "", |_| {}).await else {
         return;
     };
     let setup = Setup::new(&node.url(), &redis_url);

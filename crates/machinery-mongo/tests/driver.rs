@@ -356,10 +356,7 @@ fn unreachable_server_is_a_temporary_error() {
     });
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().unwrap().port()
-}
+use machinery_testkit::servers::free_port;
 
 /// A SecantusDB of this test's own, on a free port, with a real storage folder.
 struct OwnServer {

@@ -10,6 +10,7 @@ use machinery_core::{Backend, Broker, Result};
 pub mod backend;
 pub mod broker;
 pub mod fixtures;
+pub mod servers;
 mod util;
 pub mod wait;
 

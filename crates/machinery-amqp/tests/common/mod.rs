@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod node;
-
 use std::collections::BTreeMap;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};

@@ -2,7 +2,6 @@
 //! memcached processes on free ports.
 #![allow(dead_code)] // each test file uses a part
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -24,11 +23,7 @@ pub fn addr_of(url: &str) -> String {
         .to_owned()
 }
 
-/// A port the OS just gave out (bound, read, released).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
+pub use machinery_testkit::servers::free_port;
 
 fn memcached_binary() -> PathBuf {
     for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
