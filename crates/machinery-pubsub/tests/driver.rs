@@ -407,13 +407,6 @@ struct OwnEmulator {
     port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 impl OwnEmulator {
     fn binary() -> String {
         std::env::var("PUBSUB_EMULATOR").unwrap_or_else(|_| {
@@ -484,7 +477,7 @@ impl Drop for OwnEmulator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_resumes_by_itself_after_an_emulator_restart() {
     let Some(url) = common::url() else { return };
-    let mut emulator = OwnEmulator::start(free_port()).await;
+    let mut emulator = OwnEmulator::start(machinery_testkit::servers::free_port()).await;
     let ns = common::namespace();
     let mut config = common::config(&url, &ns);
     config.emulator_host = Some(format!("127.0.0.1:{}", emulator.port));
