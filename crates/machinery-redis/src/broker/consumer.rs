@@ -94,6 +94,7 @@ pub(super) async fn start(
         permits: Arc::new(Semaphore::new(prefetch)),
         max_batch: prefetch,
         stop: handle.stop.clone(),
+        recheck: false,
     };
     {
         let mut consumers = broker
@@ -368,6 +369,9 @@ struct Fetcher {
     max_batch: usize,
     /// Cancelled when this consumer stops taking (its worker stops, or the broker closes).
     stop: CancellationToken,
+    /// A command of this loop failed since the queue was last seen empty: reconcile once more
+    /// when it is (see `fetch`).
+    recheck: bool,
 }
 
 enum Step {
@@ -407,6 +411,7 @@ impl Fetcher {
                 }
                 Err(e) => {
                     self.conn = None;
+                    self.recheck = true;
                     // The reply may be lost while the command ran: whatever it moved into the
                     // processing list is given back once connected again.
                     self.consumer.held().reconcile = true;
@@ -520,11 +525,25 @@ impl Fetcher {
             .query_async(conn)
             .await;
         self.consumer.ack_queue().direct = false;
-        if let Some(raw) = popped? {
-            let permit = permits.pop().expect("one permit kept");
-            if !self.deliver(raw, permit).await {
-                return Ok(Step::Stop);
+        match popped? {
+            Some(raw) => {
+                let permit = permits.pop().expect("one permit kept");
+                if !self.deliver(raw, permit).await {
+                    return Ok(Step::Stop);
+                }
             }
+            // The queue stayed empty for a whole poll period after an error of this loop:
+            // reconcile once more now that things are quiet. The reconciliation right after
+            // the reconnect compared the list with what was held while acks, nacks and
+            // give-backs of that troubled time could still be in flight on the shared
+            // connection (or their effects still to come); this second pass, off the hot
+            // path and once per error episode, gives back whatever they left behind, so
+            // nothing waits for a lease while the worker lives.
+            None if self.recheck => {
+                self.recheck = false;
+                self.consumer.needs_reconcile();
+            }
+            None => {}
         }
         Ok(Step::Continue)
     }
