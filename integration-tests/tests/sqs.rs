@@ -1,11 +1,14 @@
 //! Every scenario on the SQS broker (moto in CI; needs `MACHINERY_TEST_SQS_URL`, the queue URL
-//! prefix) with the Redis, AMQP and MongoDB backends (needs their `MACHINERY_TEST_*_URL`;
-//! unset = skipped). Go tests these pairs.
+//! prefix) with the Redis, AMQP, MongoDB and DynamoDB backends (needs their
+//! `MACHINERY_TEST_*_URL`; unset = skipped). Go tests these pairs; SQS x DynamoDB is the
+//! all-AWS set-up (moto serves both in CI; each case gets its own two tables, created at
+//! connect).
 
 use std::sync::Arc;
 
 use machinery::Config;
 use machinery_amqp::{AmqpBackend, AmqpConfig};
+use machinery_dynamodb::{DynamoBackend, DynamoConfig};
 use machinery_integration_tests::Env;
 use machinery_mongo::{MongoBackend, MongoConfig};
 use machinery_redis::{RedisBackend, RedisConfig};
@@ -81,6 +84,28 @@ async fn sqs_mongo(ns: String) -> Option<Env> {
     })
 }
 
+async fn sqs_dynamodb(ns: String) -> Option<Env> {
+    let url = machinery_testkit::env_url("MACHINERY_TEST_SQS_URL")?;
+    let dynamo_url = machinery_testkit::env_url("MACHINERY_TEST_DYNAMODB_URL")?;
+    let mut config = config(&url, &ns, &dynamo_url);
+    // Table names: letters, digits, `_`, `-`, `.`.
+    let tables = ns.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    config.dynamodb.task_states_table = format!("{tables}_task_states");
+    config.dynamodb.group_metas_table = format!("{tables}_group_metas");
+    config.dynamodb.create_tables = true;
+    let backend = DynamoBackend::connect(DynamoConfig {
+        request_timeout_ms: 30_000,
+        ..DynamoConfig::from_machinery(&dynamo_url, &config)
+    })
+    .await
+    .expect("MACHINERY_TEST_DYNAMODB_URL is set but DynamoDB is unusable");
+    Some(Env {
+        broker: Arc::new(sqs_broker(&url, &config).await),
+        backend: Arc::new(backend),
+        config,
+    })
+}
+
 mod sqs_x_redis {
     machinery_integration_tests::integration_suite!(super::sqs_redis);
 }
@@ -91,4 +116,8 @@ mod sqs_x_amqp {
 
 mod sqs_x_mongo {
     machinery_integration_tests::integration_suite!(super::sqs_mongo);
+}
+
+mod sqs_x_dynamodb {
+    machinery_integration_tests::integration_suite!(super::sqs_dynamodb);
 }
