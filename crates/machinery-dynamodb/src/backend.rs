@@ -405,6 +405,39 @@ impl DynamoBackend {
     }
 
     /// The group meta item, `None` when absent or expired.
+    /// An `UpdateItem` of `group_uuid`'s meta (counted) that applies `update` only when the
+    /// group exists, has not expired (its `TTL` is absent, 0 or in the future) and
+    /// `condition` (if not empty) holds: the part the chord trigger and the member count
+    /// share. The caller adds its own attribute names and values (`#g`, `#ttl`, `:zero` and
+    /// `:now` are taken) and sends it; a refused condition means "no such live group" or
+    /// the caller's own condition failed.
+    fn live_group_update(
+        &self,
+        group_uuid: &str,
+        update: &str,
+        condition: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        let live =
+            "attribute_exists(#g) AND (attribute_not_exists(#ttl) OR #ttl = :zero OR #ttl > :now)";
+        let condition = if condition.is_empty() {
+            live.to_owned()
+        } else {
+            format!("{live} AND {condition}")
+        };
+        bump(&self.counts().update_item);
+        self.inner
+            .client
+            .update_item()
+            .table_name(&self.inner.groups)
+            .set_key(Some(key(item::GROUP_UUID, group_uuid)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_names("#g", item::GROUP_UUID)
+            .expression_attribute_names("#ttl", item::TTL)
+            .expression_attribute_values(":zero", Av::N("0".to_owned()))
+            .expression_attribute_values(":now", Av::N((now_ms() / 1000).to_string()))
+    }
+
     async fn group_item(&self, group_uuid: &str) -> Result<Option<Item>> {
         bump(&self.counts().get_item);
         let out = self
@@ -689,24 +722,11 @@ impl Backend for DynamoBackend {
     }
 
     async fn trigger_chord(&self, group_uuid: &str) -> Result<bool> {
-        bump(&self.counts().update_item);
         let outcome = self
-            .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.groups)
-            .set_key(Some(key(item::GROUP_UUID, group_uuid)))
-            .update_expression("SET #ct = :t")
-            .condition_expression(
-                "attribute_exists(#g) AND #ct = :f AND (attribute_not_exists(#ttl) OR #ttl = :zero OR #ttl > :now)",
-            )
+            .live_group_update(group_uuid, "SET #ct = :t", "#ct = :f")
             .expression_attribute_names("#ct", item::CHORD_TRIGGERED)
-            .expression_attribute_names("#g", item::GROUP_UUID)
-            .expression_attribute_names("#ttl", item::TTL)
             .expression_attribute_values(":t", Av::Bool(true))
             .expression_attribute_values(":f", Av::Bool(false))
-            .expression_attribute_values(":zero", Av::N("0".to_owned()))
-            .expression_attribute_values(":now", Av::N((now_ms() / 1000).to_string()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -732,23 +752,10 @@ impl Backend for DynamoBackend {
     }
 
     async fn mark_group_member_done(&self, group_uuid: &str, task_uuid: &str) -> Result<usize> {
-        bump(&self.counts().update_item);
         let outcome = self
-            .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.groups)
-            .set_key(Some(key(item::GROUP_UUID, group_uuid)))
-            .update_expression("ADD #d :m")
-            .condition_expression(
-                "attribute_exists(#g) AND (attribute_not_exists(#ttl) OR #ttl = :zero OR #ttl > :now)",
-            )
+            .live_group_update(group_uuid, "ADD #d :m", "")
             .expression_attribute_names("#d", item::DONE_TASK_UUIDS)
-            .expression_attribute_names("#g", item::GROUP_UUID)
-            .expression_attribute_names("#ttl", item::TTL)
             .expression_attribute_values(":m", Av::Ss(vec![task_uuid.to_owned()]))
-            .expression_attribute_values(":zero", Av::N("0".to_owned()))
-            .expression_attribute_values(":now", Av::N((now_ms() / 1000).to_string()))
             // moto answers UPDATED_NEW with an empty map when the member was already there.
             .return_values(ReturnValue::AllNew)
             .send()
