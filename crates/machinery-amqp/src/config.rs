@@ -371,10 +371,7 @@ fn raw_host(url: &str) -> Option<String> {
     let (_, rest) = url.split_once("://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    let hostport = match authority.rfind('@') {
-        Some(at) => &authority[at + 1..],
-        None => authority,
-    };
+    let (_, hostport) = machinery_core::url::split_userinfo(authority);
     let host = if let Some(v6) = hostport.strip_prefix('[') {
         &v6[..v6.find(']')?]
     } else {

@@ -343,40 +343,7 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Replace passwords in every URL found in `s` with `***` (for logs and `Debug`).
-///
-/// `amqp://user:secret@host/` becomes `amqp://user:***@host/`; a password-only userinfo
-/// (`redis://secret@host`) becomes `redis://***@host`.
-pub fn redact_url(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        // The authority ends at the first '/', '?', '#', ',' or whitespace.
-        let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#' | ',') || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..colon]);
-                        out.push_str(":***");
-                    }
-                    None => out.push_str("***"),
-                }
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use crate::url::redact_url;
 
 fn parse_env<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>
 where

@@ -18,6 +18,7 @@ pub mod task;
 pub mod time;
 mod trace;
 pub mod types;
+pub mod url;
 mod worker;
 mod workflow;
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use machinery_core::url::{parse_userinfo, redact_secret, redact_url, split_userinfo};
 use machinery_core::{Error, Result};
 use serde::Deserialize;
 
@@ -83,7 +84,7 @@ impl fmt::Debug for DynamoConfig {
             .field("access_key_id", &self.access_key_id)
             .field(
                 "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "***"),
+                &redact_secret(self.secret_access_key.as_ref()),
             )
             .field("max_attempts", &self.max_attempts)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -132,7 +133,7 @@ impl DynamoConfig {
 
     /// The URL with any secret key replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        redact(&self.url)
+        redact_url(&self.url)
     }
 
     pub(crate) fn connect_timeout(&self) -> Duration {
@@ -213,7 +214,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Target> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         bad_url(format!(
             "`{}` is not a DynamoDB URL (expected https://dynamodb.<region>.amazonaws.com, dynamodb://[region] or dynamodb+http://host:port)",
-            redact(url)
+            redact_url(url)
         ))
     })?;
     let (rest, query) = match rest.split_once('?') {
@@ -224,20 +225,17 @@ pub(crate) fn parse_url(url: &str) -> Result<Target> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let (userinfo, host) = match authority.rfind('@') {
-        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-        None => (None, authority),
-    };
+    let (userinfo, host) = split_userinfo(authority);
     let mut t = Target::default();
     if let Some(info) = userinfo {
-        let (k, s) = info
-            .split_once(':')
-            .ok_or_else(|| bad_url("credentials in the URL must be access_key:secret"))?;
-        if k.is_empty() || s.is_empty() {
-            return Err(bad_url("credentials in the URL must be access_key:secret"));
+        let c = parse_userinfo(info)?;
+        match c.password {
+            Some(secret) if !c.user.is_empty() && !secret.is_empty() => {
+                t.access_key_id = Some(c.user);
+                t.secret_access_key = Some(secret);
+            }
+            _ => return Err(bad_url("credentials in the URL must be access_key:secret")),
         }
-        t.access_key_id = Some(percent_decode(k)?);
-        t.secret_access_key = Some(percent_decode(s)?);
     }
     match scheme.to_ascii_lowercase().as_str() {
         "https" | "http" => {
@@ -249,7 +247,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Target> {
             if !name.starts_with("dynamodb") {
                 return Err(bad_url(format!(
                     "`{}` does not name DynamoDB (Go's form is https://dynamodb.<region>.amazonaws.com)",
-                    redact(url)
+                    redact_url(url)
                 )));
             }
             let labels: Vec<&str> = name.split('.').collect();
@@ -294,41 +292,6 @@ pub(crate) fn parse_url(url: &str) -> Result<Target> {
         }
     }
     Ok(t)
-}
-
-fn percent_decode(raw: &str) -> Result<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad_url("bad percent-encoding in the credentials"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad_url("the credentials are not utf-8"))
-}
-
-/// Replace the secret of `key:secret@` in a URL by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use machinery_core::url::{Credentials, parse_userinfo, redact_url, split_userinfo};
 use machinery_core::{Error, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::Deserialize;
@@ -179,7 +180,7 @@ impl RedisConfig {
     pub fn redacted_url(&self) -> String {
         match parse_url(&self.url) {
             Ok(parsed) => parsed.display,
-            Err(_) => redact_unparsed(&self.url),
+            Err(_) => redact_url(&self.url),
         }
     }
 
@@ -336,7 +337,7 @@ pub(crate) fn parse_url(url: &str) -> Result<Target> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad_url(format!(
             "`{}` is not a redis url (expected redis://, rediss:// or redis+socket://)",
-            redact_unparsed(url)
+            redact_url(url)
         )));
     };
     match scheme.to_ascii_lowercase().as_str() {
@@ -355,24 +356,24 @@ struct UserInfo {
 }
 
 /// Go's rule: `user:password` is a user and a password, a lone `word` is a password.
-fn parse_userinfo(raw: &str) -> Result<UserInfo> {
-    let (user, pass) = match raw.split_once(':') {
-        Some((u, p)) => (percent_decode(u)?, Some(percent_decode(p)?)),
-        None => (String::new(), Some(percent_decode(raw)?)),
+fn parse_redis_userinfo(raw: &str) -> Result<UserInfo> {
+    let c = parse_userinfo(raw)?;
+    let (user, pass) = match c.password {
+        Some(p) => (c.user, p),
+        None => (String::new(), c.user),
     };
     Ok(UserInfo {
         username: (!user.is_empty()).then_some(user),
-        password: pass.filter(|p| !p.is_empty()),
+        password: (!pass.is_empty()).then_some(pass),
     })
 }
 
 fn redacted_userinfo(info: &UserInfo) -> String {
-    match (&info.username, &info.password) {
-        (Some(u), Some(_)) => format!("{u}:***@"),
-        (Some(u), None) => format!("{u}@"),
-        (None, Some(_)) => "***@".to_owned(),
-        (None, None) => String::new(),
+    Credentials {
+        user: info.username.clone().unwrap_or_default(),
+        password: info.password.clone(),
     }
+    .redacted()
 }
 
 fn parse_tcp(rest: &str, tls: bool) -> Result<Target> {
@@ -417,12 +418,9 @@ fn parse_tcp(rest: &str, tls: bool) -> Result<Target> {
             None => (rest, ""),
         },
     };
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-        None => (None, authority),
-    };
+    let (userinfo, hosts) = split_userinfo(authority);
     let info = match userinfo {
-        Some(raw) => parse_userinfo(raw)?,
+        Some(raw) => parse_redis_userinfo(raw)?,
         None => UserInfo {
             username: None,
             password: None,
@@ -493,7 +491,7 @@ fn parse_tcp(rest: &str, tls: bool) -> Result<Target> {
 /// Go's socket form: `redis+socket://[[user:]password@]/path/to.sock[:/db]`.
 fn parse_socket(rest: &str) -> Result<Target> {
     let (info, remainder) = match rest.split_once('@') {
-        Some((raw, r)) => (parse_userinfo(raw)?, r),
+        Some((raw, r)) => (parse_redis_userinfo(raw)?, r),
         None => (
             UserInfo {
                 username: None,
@@ -575,35 +573,6 @@ fn parse_host_port(raw: &str) -> Result<(String, u16)> {
             .map_err(|_| bad_url(format!("port `{p}` is not a number between 0 and 65535")))?,
     };
     Ok((host.to_owned(), port))
-}
-
-fn percent_decode(raw: &str) -> Result<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = raw
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad_url("bad percent-encoding in the userinfo"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad_url("the userinfo is not utf-8"))
-}
-
-/// Best-effort redaction of a URL that did not parse: drop everything before the last `@`.
-fn redact_unparsed(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
-        (None, Some(at)) => format!("***@{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ fn host_of(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     let host = rest.split('/').next()?;
     // Never keep userinfo (nothing secret belongs in the prefix, but do not echo it).
-    Some(host.rsplit_once('@').map_or(host, |(_, h)| h))
+    Some(machinery_core::url::split_userinfo(host).1)
 }
 
 #[cfg(test)]
