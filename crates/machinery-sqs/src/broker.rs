@@ -101,7 +101,7 @@ struct QueueInfo {
 /// One entry for a batch request, with where its result goes.
 struct Job {
     item: Item,
-    done: Option<oneshot::Sender<Result<()>>>,
+    done: oneshot::Sender<Result<()>>,
 }
 
 enum Item {
@@ -470,18 +470,48 @@ impl Inner {
     async fn submit(self: &Arc<Self>, url: &str, kind: Kind, item: Item) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.batcher(url, kind)?
-            .send(Job {
-                item,
-                done: Some(tx),
-            })
+            .send(Job { item, done: tx })
             .map_err(|_| Error::Closed("sqs broker"))?;
         rx.await.map_err(|_| Error::Closed("sqs broker"))?
     }
 
-    /// Queue one entry without waiting for the result (give-backs from `Drop`).
-    fn submit_detached(self: &Arc<Self>, url: &str, kind: Kind, item: Item) {
-        if let Ok(b) = self.batcher(url, kind) {
-            let _ = b.send(Job { item, done: None });
+    /// Set the visibility timeout of the messages `receipts` (in the queue at `url`) to
+    /// `seconds` from now (0: visible at once), through the batched
+    /// `ChangeMessageVisibilityBatch`. The changes are queued when this is called; the
+    /// future resolves once SQS answered for all of them, with the first error. Dropping it
+    /// lets them go ahead unobserved (heartbeats, give-backs from `Drop`): a failure is then
+    /// logged, and the message returns when its current visibility timeout ends.
+    fn change_visibility(
+        self: &Arc<Self>,
+        url: &str,
+        receipts: impl IntoIterator<Item = String>,
+        seconds: i32,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let queued: Result<Vec<oneshot::Receiver<Result<()>>>> =
+            self.batcher(url, Kind::Visibility).and_then(|batcher| {
+                receipts
+                    .into_iter()
+                    .map(|receipt| {
+                        let (tx, rx) = oneshot::channel();
+                        batcher
+                            .send(Job {
+                                item: Item::Visibility { receipt, seconds },
+                                done: tx,
+                            })
+                            .map_err(|_| Error::Closed("sqs broker"))?;
+                        Ok(rx)
+                    })
+                    .collect()
+            });
+        async move {
+            let mut first_error = None;
+            for rx in queued? {
+                let r = rx.await.unwrap_or(Err(Error::Closed("sqs broker")));
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
         }
     }
 
@@ -579,15 +609,9 @@ impl Inner {
             Kind::Visibility => self.flush_visibility(url, &batch).await,
         };
         for (job, result) in batch.into_iter().zip(results) {
-            match job.done {
-                Some(done) => {
-                    let _ = done.send(result);
-                }
-                None => {
-                    if let Err(e) = result {
-                        warn!(error = %e, "sqs: a background visibility change failed; the message returns when its visibility timeout ends");
-                    }
-                }
+            // Nobody waits for a heartbeat or a give-back: say when one failed.
+            if let Err(Err(e)) = job.done.send(result) {
+                warn!(error = %e, "sqs: a background request failed; a message whose visibility was to change returns when its visibility timeout ends");
             }
         }
     }
@@ -1106,16 +1130,7 @@ async fn heartbeat(
             continue;
         }
         debug!(queue = %info.name, messages = receipts.len(), visibility, "visibility heartbeat");
-        for r in receipts {
-            inner.submit_detached(
-                &info.url,
-                Kind::Visibility,
-                Item::Visibility {
-                    receipt: r,
-                    seconds: visibility as i32,
-                },
-            );
-        }
+        drop(inner.change_visibility(&info.url, receipts, visibility as i32));
     }
 }
 
@@ -1204,16 +1219,8 @@ impl Receiver {
     }
 
     fn give_back(&self, m: &Message) {
-        if let Some(r) = m.receipt_handle() {
-            self.inner.submit_detached(
-                &self.info.url,
-                Kind::Visibility,
-                Item::Visibility {
-                    receipt: r.to_owned(),
-                    seconds: 0,
-                },
-            );
-        }
+        let receipts = m.receipt_handle().map(str::to_owned);
+        drop(self.inner.change_visibility(&self.info.url, receipts, 0));
     }
 
     async fn handle(&self, m: Message, permit: OwnedSemaphorePermit) {
@@ -1242,14 +1249,7 @@ impl Receiver {
                 debug!(uuid = %sig.uuid, hold_secs = secs, "sqs message not due yet; held invisible");
                 if let Err(e) = self
                     .inner
-                    .submit(
-                        &self.info.url,
-                        Kind::Visibility,
-                        Item::Visibility {
-                            receipt,
-                            seconds: secs,
-                        },
-                    )
+                    .change_visibility(&self.info.url, [receipt], secs)
                     .await
                 {
                     warn!(uuid = %sig.uuid, error = %e, "cannot hold a message until its ETA; it shows up again after the visibility timeout");
@@ -1333,14 +1333,7 @@ impl Acknowledger for SqsAcker {
             Nack::Requeue { delay } => {
                 let seconds = delay.map_or(0, |d| visibility_secs(d, SQS_MAX_VISIBILITY));
                 self.inner
-                    .submit(
-                        &self.info.url,
-                        Kind::Visibility,
-                        Item::Visibility {
-                            receipt: self.receipt.clone(),
-                            seconds,
-                        },
-                    )
+                    .change_visibility(&self.info.url, [self.receipt.clone()], seconds)
                     .await
             }
             Nack::DeadLetter { reason } => {
@@ -1368,13 +1361,9 @@ impl Drop for SqsAcker {
         // Neither acked nor nacked: give it back now rather than after the visibility
         // timeout (a killed process cannot, and SQS brings it back after the timeout).
         self.held.remove(&self.receipt);
-        self.inner.submit_detached(
-            &self.info.url,
-            Kind::Visibility,
-            Item::Visibility {
-                receipt: std::mem::take(&mut self.receipt),
-                seconds: 0,
-            },
+        drop(
+            self.inner
+                .change_visibility(&self.info.url, [std::mem::take(&mut self.receipt)], 0),
         );
     }
 }
