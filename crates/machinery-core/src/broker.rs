@@ -130,6 +130,14 @@ pub trait Acknowledger: Send + Sync {
     async fn ack(&self) -> Result<()>;
     /// The message was not processed.
     async fn nack(&self, nack: Nack) -> Result<()>;
+    /// The message was processed and its task failed for good (FAILURE is stored, its
+    /// error callbacks are sent). The default removes it, as [`ack`](Self::ack) does; a
+    /// broker with dead-lettering of its own for failed messages may leave it there instead
+    /// (SQS, for a signature with `StopTaskDeletionOnError`: the queue's redrive policy
+    /// then moves it to its dead-letter queue).
+    async fn ack_failed(&self) -> Result<()> {
+        self.ack().await
+    }
 }
 
 /// One message handed to a consumer. It must be acked or nacked; a delivery that is dropped
@@ -178,6 +186,16 @@ impl Delivery {
     /// Not cancel safe: if cancelled the ack may or may not have happened.
     pub async fn ack(self) -> Result<()> {
         self.acker.ack().await
+    }
+
+    /// Acknowledge a task that failed for good: its FAILURE is stored. Removes the message
+    /// like [`ack`](Self::ack), except where the broker leaves failed messages to its own
+    /// dead-lettering ([`Acknowledger::ack_failed`]).
+    ///
+    /// # Errors
+    /// When the broker cannot be reached; the message is then delivered again later.
+    pub async fn ack_failed(self) -> Result<()> {
+        self.acker.ack_failed().await
     }
 
     /// Put the message back for another attempt, no earlier than `delay` from now.

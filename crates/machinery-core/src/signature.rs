@@ -466,6 +466,15 @@ impl Signature {
         self
     }
 
+    /// Go's `StopTaskDeletionOnError`: when the task fails for good, leave its message to
+    /// the broker's own dead-lettering instead of removing it (SQS: the queue's redrive
+    /// policy moves it to its dead-letter queue after `maxReceiveCount` receives; brokers
+    /// without such a policy remove it as usual).
+    pub fn stop_task_deletion_on_error(mut self, stop: bool) -> Self {
+        self.stop_task_deletion_on_error = stop;
+        self
+    }
+
     /// Encode to Go's JSON bytes.
     ///
     /// # Errors

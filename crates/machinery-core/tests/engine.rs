@@ -622,6 +622,75 @@ async fn a_panic_outside_the_task_is_failure_and_a_dead_letter_not_a_loop() {
     w.join().await.unwrap();
 }
 
+/// A final state the backend refuses for good (here the memory backend's size limit, as
+/// DynamoDB's 400 KB item limit) ends the task FAILURE naming the refusal, acked once: no
+/// requeue loop. A FAILURE too large to store (a huge error message) stores the refusal
+/// instead. The worker goes on.
+#[tokio::test]
+async fn a_final_state_the_backend_refuses_ends_failure_not_a_requeue_loop() {
+    let (server, rec, broker) = setup();
+    rec.inner.set_max_state_bytes(Some(2_000));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    server
+        .register_task("big", move |fail: bool| {
+            let r = Arc::clone(&r);
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                let text = "x".repeat(10_000);
+                if fail {
+                    Err(TaskError::fatal(text))
+                } else {
+                    Ok(text)
+                }
+            }
+        })
+        .unwrap();
+    let w = server.new_worker("t", 1).launch();
+    for fail in [false, true] {
+        let res = server
+            .send_task(Signature::new("big").arg(fail))
+            .await
+            .unwrap();
+        let err = res
+            .get_with_timeout(WAIT, Duration::from_millis(5))
+            .await
+            .unwrap_err();
+        let Error::TaskFailed(msg) = &err else {
+            panic!("{err:?}")
+        };
+        let what = if fail { "FAILURE" } else { "result" };
+        assert!(
+            msg.contains(&format!("the {what} of task big cannot be stored"))
+                && msg.contains("over the limit of 2000 bytes"),
+            "{msg}"
+        );
+        let tried = if fail { State::Failure } else { State::Success };
+        assert_eq!(
+            rec.states_of(res.uuid()),
+            vec![
+                State::Pending,
+                State::Received,
+                State::Started,
+                tried,
+                State::Failure
+            ]
+        );
+    }
+    // The worker goes on; neither message came back nor is left anywhere.
+    let ok = server
+        .send_task(Signature::new("add").arg(1i64).arg(1i64))
+        .await
+        .unwrap();
+    assert_eq!(ok.get_as::<i64>(WAIT).await.unwrap(), 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "each ran once");
+    assert_eq!(broker.ready_len("machinery_tasks"), 0);
+    assert_eq!(broker.unacked_len(), 0);
+    assert!(broker.dead_letters("machinery_tasks").is_empty());
+    w.quit();
+    w.join().await.unwrap();
+}
+
 #[tokio::test]
 async fn malformed_message_is_dead_lettered_and_worker_keeps_going() {
     let (server, _, broker) = setup();

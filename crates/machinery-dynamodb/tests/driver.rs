@@ -1,15 +1,18 @@
 //! What only the DynamoDB backend has: table checks at connect, typed results on the real
-//! server, expiry filtered on read, the 400 KB item limit, BatchGetItem paging, requests per
-//! task, and recovery after the connection is cut (needs `MACHINERY_TEST_DYNAMODB_URL`).
+//! server, expiry filtered on read, the 400 KB item limit (and a worker whose result is over
+//! it), BatchGetItem paging, requests per task, and recovery after the connection is cut (needs `MACHINERY_TEST_DYNAMODB_URL`).
 
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue as Av;
-use machinery_core::{Backend, Error, Signature, State, TaskResult, TaskState, time};
+use machinery_core::{
+    Backend, Config, Error, MemoryBroker, Server, Signature, State, TaskError, TaskResult,
+    TaskState, time,
+};
 use machinery_dynamodb::{DynamoBackend, DynamoConfig, RequestCounts};
 use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt;
@@ -262,6 +265,62 @@ async fn item_over_400kb_is_refused_before_the_request() {
         .await
         .unwrap();
     assert!(b.state(&sig.uuid).await.unwrap().unwrap().is_success());
+}
+
+/// A worker whose task returns over 400 KB: DynamoDB cannot hold its SUCCESS, so the task ends
+/// FAILURE naming the size (a small item that fits), the message is acked once (no requeue
+/// every 10 s forever), and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_400kb_ends_failure_and_the_worker_goes_on() {
+    let Some(url) = common::url() else {
+        return;
+    };
+    let backend = common::backend(&url, &common::namespace()).await;
+    let broker = MemoryBroker::new();
+    let server = Server::new(Config::default(), broker.clone(), backend);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&runs);
+    server
+        .register_task("big", move |kb: i64| {
+            let r = Arc::clone(&r);
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, TaskError>("x".repeat(usize::try_from(kb).unwrap() * 1024))
+            }
+        })
+        .unwrap();
+    let worker = server.new_worker("big", 2).no_unix_signals().launch();
+    let big = server
+        .send_task(Signature::new("big").arg(450_i64))
+        .await
+        .unwrap();
+    let err = big
+        .get_with_timeout(Duration::from_secs(30), Duration::from_millis(20))
+        .await
+        .unwrap_err();
+    let Error::TaskFailed(reason) = &err else {
+        panic!("expected FAILURE, got {err:?}")
+    };
+    assert!(
+        reason.contains("the result of task big cannot be stored")
+            && reason.contains("409600")
+            && reason.contains(" is 46"),
+        "the reason names the size and the limit: {reason}"
+    );
+    // The worker goes on: a small result is stored.
+    let small = server
+        .send_task(Signature::new("big").arg(1_i64))
+        .await
+        .unwrap();
+    let text: String = small.get_as(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(text.len(), 1024);
+    // Acked once: nothing waits to run again, and after a requeue delay it did not run again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(broker.ready_len("machinery_tasks"), 0);
+    assert_eq!(broker.unacked_len(), 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "each task ran once");
+    worker.quit();
+    worker.join().await.unwrap();
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ pub struct MemoryBackend {
 
 struct Inner {
     ttl: Duration,
+    /// Largest stored task state (its JSON) accepted; 0 = no limit.
+    max_state_bytes: AtomicUsize,
     data: Mutex<Data>,
     /// Bumped after every stored state: waiters on results wake on it instead of polling.
     changes: tokio::sync::watch::Sender<u64>,
@@ -118,10 +121,20 @@ impl MemoryBackend {
         MemoryBackend {
             inner: Arc::new(Inner {
                 ttl,
+                max_state_bytes: AtomicUsize::new(0),
                 data: Mutex::new(Data::default()),
                 changes: tokio::sync::watch::Sender::new(0),
             }),
         }
+    }
+
+    /// Refuse task states whose JSON is over `limit` bytes with [`Error::TooLarge`] (not
+    /// temporary), as a networked backend with an item size limit does (DynamoDB: 400 KB);
+    /// `None` = no limit (the default).
+    pub fn set_max_state_bytes(&self, limit: Option<usize>) {
+        self.inner
+            .max_state_bytes
+            .store(limit.unwrap_or(0), Ordering::Relaxed);
     }
 
     fn data(&self) -> MutexGuard<'_, Data> {
@@ -176,7 +189,16 @@ impl Backend for MemoryBackend {
         {
             state.merge_stored(Some(&TaskState::from_json(&prev.json)?));
         }
-        let entry = self.entry(state.to_json()?);
+        let json = state.to_json()?;
+        let limit = self.inner.max_state_bytes.load(Ordering::Relaxed);
+        if limit > 0 && json.len() > limit {
+            return Err(Error::TooLarge {
+                what: "the task state",
+                size: json.len(),
+                limit,
+            });
+        }
+        let entry = self.entry(json);
         data.states.insert(state.task_uuid, entry);
         data.wrote();
         drop(data);

@@ -14,9 +14,23 @@ use super::process::Runner;
 use crate::types::GoValue;
 use crate::{Arg, Delivery, Error, Result, Signature, State, TaskError, TaskResult, TaskState};
 
+/// How a task ended, once its outcome is stored and its follow-ups are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// SUCCESS.
+    Succeeded,
+    /// RETRY: it was published again.
+    Retrying,
+    /// FAILURE, for good.
+    Failed,
+}
+
 /// How to settle a delivery once its processing ended.
 pub(super) enum Settle {
     Ack,
+    /// The task failed for good: remove the message, unless the broker leaves failed
+    /// messages to its own dead-lettering (SQS with `StopTaskDeletionOnError`).
+    AckFailed,
     Requeue(Duration),
     DeadLetter(String),
     /// Neither: the worker is aborting; the broker delivers it again.
@@ -28,6 +42,11 @@ impl Settle {
         match self {
             Settle::Ack => {
                 if let Err(e) = delivery.ack().await {
+                    warn!(error = %e, "ack failed; the task may run again");
+                }
+            }
+            Settle::AckFailed => {
+                if let Err(e) = delivery.ack_failed().await {
                     warn!(error = %e, "ack failed; the task may run again");
                 }
             }
@@ -47,8 +66,9 @@ impl Settle {
 
     /// Storing the outcome (or a state before it) failed: how to settle the delivery.
     pub(super) fn after_store_error(e: &Error) -> Self {
-        // Temporary (connection) problems are retried soon; anything else slowly,
-        // so a persistent fault does not spin but the task is never dropped.
+        // Temporary (connection) problems are retried soon; anything else slowly, so a
+        // persistent fault does not spin but the task is never dropped. (A final state the
+        // backend refuses for good does not get here: FAILURE naming the refusal is stored.)
         let delay = if e.is_temporary() { 1 } else { 10 };
         error!(error = %e, temporary = e.is_temporary(), "cannot record the task's outcome; requeueing it");
         Settle::Requeue(Duration::from_secs(delay))
@@ -78,19 +98,37 @@ impl Runner {
         Settle::DeadLetter(reason)
     }
 
-    pub(super) async fn succeeded(&self, sig: &Signature, values: Vec<GoValue>) -> Result<()> {
+    pub(super) async fn succeeded(&self, sig: &Signature, values: Vec<GoValue>) -> Result<Ended> {
         let results: Vec<TaskResult> = values.into_iter().map(TaskResult::new).collect();
         debug!(results = results.len(), "task succeeded");
-        let state = self
+        let state = match self
             .set_state(TaskState::success(sig, results.clone()))
-            .await?;
+            .await
+        {
+            Ok(state) => state,
+            // Refused for good (e.g. a result over the backend's item size limit): storing it
+            // again would fail again, so the task fails, with the refusal as its reason.
+            Err(e) if !e.is_temporary() => {
+                let err = TaskError::Fatal(format!(
+                    "the result of task {} cannot be stored: {e}",
+                    sig.name
+                ));
+                error!(error = %e, "the backend refused the task's SUCCESS for good; storing FAILURE instead");
+                if let Some(h) = &self.hooks.error {
+                    h(sig, &err);
+                }
+                return self.failed(sig, err).await;
+            }
+            Err(e) => return Err(e),
+        };
         self.send_follow_ups(sig, &sig.on_success, |next| {
             if !sig.immutable {
                 next.args.extend(results.iter().map(TaskResult::to_arg));
             }
         })
         .await?;
-        self.completed(sig, &state).await
+        self.completed(sig, &state).await?;
+        Ok(Ended::Succeeded)
     }
 
     /// Send `follow_ups` as tasks caused by `parent` (same trace id), each adjusted first.
@@ -118,7 +156,7 @@ impl Runner {
         Ok(())
     }
 
-    pub(super) async fn errored(&self, sig: &Signature, err: TaskError) -> Result<()> {
+    pub(super) async fn errored(&self, sig: &Signature, err: TaskError) -> Result<Ended> {
         if let Some(h) = &self.hooks.error {
             h(sig, &err);
         }
@@ -141,7 +179,7 @@ impl Runner {
                     .insert(RETRY_LATER_HEADER.to_owned(), attempts.into());
                 again.eta = Some(eta_after(after));
                 self.server.send_task(again).await?;
-                Ok(())
+                Ok(Ended::Retrying)
             }
             TaskError::Failed(message) if sig.retry_count > 0 => {
                 let mut again = sig.clone();
@@ -152,22 +190,33 @@ impl Runner {
                 warn!(error = %message, retries_left = again.retry_count, ?wait, "task failed; retrying");
                 self.set_state(TaskState::new(sig, State::Retry)).await?;
                 self.server.send_task(again).await?;
-                Ok(())
+                Ok(Ended::Retrying)
             }
             err => self.failed(sig, err).await,
         }
     }
 
-    pub(super) async fn failed(&self, sig: &Signature, err: TaskError) -> Result<()> {
+    pub(super) async fn failed(&self, sig: &Signature, err: TaskError) -> Result<Ended> {
         error!(error = %err, "task failed");
-        let state = self
-            .set_state(TaskState::failure(sig, err.message()))
-            .await?;
+        let mut reason = err.message().to_owned();
+        let state = match self.set_state(TaskState::failure(sig, &reason)).await {
+            Ok(state) => state,
+            // Refused for good (e.g. an error message over the backend's item size limit):
+            // the refusal is short, store it as the reason instead. Should that fail too, the
+            // backend itself is at fault and the delivery is requeued as for any store error.
+            Err(e) if !e.is_temporary() => {
+                reason = format!("the FAILURE of task {} cannot be stored: {e}", sig.name);
+                error!(error = %e, "the backend refused the task's FAILURE for good; storing the refusal as its reason");
+                self.set_state(TaskState::failure(sig, &reason)).await?
+            }
+            Err(e) => return Err(e),
+        };
         self.send_follow_ups(sig, &sig.on_error, |next| {
-            next.args.insert(0, Arg::new(err.message().to_owned()));
+            next.args.insert(0, Arg::new(reason.clone()));
         })
         .await?;
-        self.completed(sig, &state).await
+        self.completed(sig, &state).await?;
+        Ok(Ended::Failed)
     }
 
     /// Chord bookkeeping after a member reached SUCCESS or FAILURE.

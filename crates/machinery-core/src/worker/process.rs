@@ -9,7 +9,7 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-use super::outcome::Settle;
+use super::outcome::{Ended, Settle};
 use super::{Hooks, panic_message};
 use crate::task::TaskContext;
 use crate::{Delivery, Payload, Result, Server, Signature, State, TaskError, TaskState};
@@ -67,7 +67,8 @@ impl Runner {
             _ = self.abort.cancelled() => return Settle::Leave, // delivered again
         };
         match outcome {
-            Ok(()) => Settle::Ack,
+            Ok(Ended::Failed) => Settle::AckFailed,
+            Ok(Ended::Succeeded | Ended::Retrying) => Settle::Ack,
             Err(e) => Settle::after_store_error(&e),
         }
     }
@@ -77,7 +78,7 @@ impl Runner {
         Ok(state)
     }
 
-    async fn execute(&self, sig: &Arc<Signature>, task: &crate::task::Task) -> Result<()> {
+    async fn execute(&self, sig: &Arc<Signature>, task: &crate::task::Task) -> Result<Ended> {
         self.set_state(TaskState::new(sig, State::Received)).await?;
         let cancel = self.abort.child_token();
         let ctx = TaskContext::new(Arc::clone(sig), cancel.clone());

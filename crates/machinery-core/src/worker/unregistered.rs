@@ -26,7 +26,7 @@ impl Runner {
             );
             let err = TaskError::Fatal(format!("{text} (dropped: IgnoreWhenTaskNotRegistered)"));
             return match self.failed(sig, err).await {
-                Ok(()) => Settle::Ack,
+                Ok(_) => Settle::Ack,
                 Err(e) => {
                     warn!(error = %e, "cannot store FAILURE for an unregistered task; requeueing it");
                     Settle::Requeue(Duration::from_secs(1))
@@ -56,7 +56,7 @@ impl Runner {
             );
             error!(reason = %reason, "giving up on an unregistered task: storing FAILURE and dead-lettering it");
             return match self.failed(sig, TaskError::Fatal(text)).await {
-                Ok(()) => Settle::DeadLetter(reason),
+                Ok(_) => Settle::DeadLetter(reason),
                 Err(e) => {
                     warn!(error = %e, "cannot store FAILURE for an unregistered task; requeueing it");
                     Settle::Requeue(Duration::from_secs(1))
