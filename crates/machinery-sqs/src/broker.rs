@@ -1238,6 +1238,7 @@ impl Receiver {
             .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
             .cloned();
         let mut payload = Payload::decode(body.as_bytes());
+        let mut keep_failed = false;
         if let Payload::Task(sig) = &mut payload {
             if let Some(eta) = sig.future_eta() {
                 // Not due: keep it invisible until its ETA (held again when it shows up
@@ -1259,6 +1260,7 @@ impl Receiver {
             }
             // Go fills SQSReceiptHandle on the consumer side.
             sig.sqs_receipt_handle = receipt.clone();
+            keep_failed = sig.stop_task_deletion_on_error;
         }
         self.held.insert(&receipt);
         let acker = SqsAcker {
@@ -1267,6 +1269,7 @@ impl Receiver {
             receipt,
             body,
             group_id,
+            keep_failed,
             held: Arc::clone(&self.held),
             settled: AtomicBool::new(false),
             permit: Mutex::new(Some(permit)),
@@ -1298,6 +1301,9 @@ struct SqsAcker {
     receipt: String,
     body: String,
     group_id: Option<String>,
+    /// The signature's `StopTaskDeletionOnError`: a task that failed for good leaves its
+    /// message to the queue's redrive policy.
+    keep_failed: bool,
     held: Arc<Held>,
     settled: AtomicBool,
     permit: Mutex<Option<OwnedSemaphorePermit>>,
@@ -1326,6 +1332,25 @@ impl Acknowledger for SqsAcker {
             .await;
         self.settle();
         r
+    }
+
+    async fn ack_failed(&self) -> Result<()> {
+        if !self.keep_failed {
+            return self.ack().await;
+        }
+        // Go's StopTaskDeletionOnError: not deleted, no longer extended. It shows up again
+        // when its visibility timeout ends, and after `maxReceiveCount` receives the queue's
+        // redrive policy moves it to its dead-letter queue.
+        match &self.info.redrive_target {
+            Some(dlq) => {
+                info!(queue = %self.info.name, dead_letter_queue = %dlq, "task failed with StopTaskDeletionOnError: its message is left to the queue's redrive policy");
+            }
+            None => {
+                warn!(queue = %self.info.name, "task failed with StopTaskDeletionOnError but the queue has no redrive policy: its message runs again after the visibility timeout");
+            }
+        }
+        self.settle();
+        Ok(())
     }
 
     async fn nack(&self, nack: Nack) -> Result<()> {
