@@ -1320,6 +1320,9 @@ impl SqsAcker {
 #[async_trait]
 impl Acknowledger for SqsAcker {
     async fn ack(&self) -> Result<()> {
+        // No heartbeat for a message being deleted (it would race the delete and fail with
+        // ReceiptHandleIsInvalid); should the delete fail, it returns after its timeout.
+        self.held.remove(&self.receipt);
         let r = self
             .inner
             .submit(
@@ -1356,6 +1359,8 @@ impl Acknowledger for SqsAcker {
     async fn nack(&self, nack: Nack) -> Result<()> {
         let r = match nack {
             Nack::Requeue { delay } => {
+                // Nor for one being requeued: the heartbeat would undo its delay.
+                self.held.remove(&self.receipt);
                 let seconds = delay.map_or(0, |d| visibility_secs(d, SQS_MAX_VISIBILITY));
                 self.inner
                     .change_visibility(&self.info.url, [self.receipt.clone()], seconds)
