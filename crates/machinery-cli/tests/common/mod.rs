@@ -79,11 +79,16 @@ impl Drop for Worker {
     }
 }
 
-/// A raw Redis connection; `var` names the variable the URL came from, for the panic.
+/// A raw Redis connection; `var` names the variable the URL came from, for the panic. Replies
+/// may take up to 30 s (the client's default of 0.5 s is too short for an MGET of 1 000
+/// states on a loaded machine).
 pub async fn redis_conn(url: &str, var: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(30)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
     redis::Client::open(url)
         .expect("url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap_or_else(|e| panic!("{var} is set but redis is unreachable: {e}"))
 }
