@@ -1320,11 +1320,12 @@ impl SqsAcker {
 #[async_trait]
 impl Acknowledger for SqsAcker {
     async fn ack(&self) -> Result<()> {
-        // No heartbeat for a message being deleted (it would race the delete and fail with
-        // ReceiptHandleIsInvalid); should the delete fail, it returns after its timeout.
-        self.held.remove(&self.receipt);
-        let r = self
-            .inner
+        // Settled before the request: no heartbeat for a message being deleted (it would race
+        // the delete and fail with ReceiptHandleIsInvalid), and its prefetch slot goes to the
+        // next message at once instead of after the batched delete. Should the delete fail,
+        // the message returns after its visibility timeout.
+        self.settle();
+        self.inner
             .submit(
                 &self.info.url,
                 Kind::Delete,
@@ -1332,9 +1333,7 @@ impl Acknowledger for SqsAcker {
                     receipt: self.receipt.clone(),
                 },
             )
-            .await;
-        self.settle();
-        r
+            .await
     }
 
     async fn ack_failed(&self) -> Result<()> {
@@ -1359,8 +1358,8 @@ impl Acknowledger for SqsAcker {
     async fn nack(&self, nack: Nack) -> Result<()> {
         let r = match nack {
             Nack::Requeue { delay } => {
-                // Nor for one being requeued: the heartbeat would undo its delay.
-                self.held.remove(&self.receipt);
+                // Settled first as an ack is (the heartbeat would undo the delay).
+                self.settle();
                 let seconds = delay.map_or(0, |d| visibility_secs(d, SQS_MAX_VISIBILITY));
                 self.inner
                     .change_visibility(&self.info.url, [self.receipt.clone()], seconds)
