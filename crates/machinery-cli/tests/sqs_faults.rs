@@ -128,7 +128,7 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     let uuids = send_adds(&server, &setup.queue, 0, N).await;
     assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), N);
 
-    let mut first = setup.worker(16);
+    let mut first = setup.worker(64);
     wait_for_successes(
         &mut conn,
         &uuids,
@@ -149,7 +149,7 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     );
     assert!(in_flight > 0, "the killed worker held no message");
 
-    let mut second = setup.worker(16);
+    let mut second = setup.worker(64);
     wait_for_successes(&mut conn, &uuids, N, Duration::from_secs(900), &mut second).await;
     println!(
         "killed the worker (SIGKILL) at {done_at_kill}/{N} SUCCESS holding {in_flight} \
