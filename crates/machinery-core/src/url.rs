@@ -64,7 +64,8 @@ pub fn parse_userinfo(raw: &str) -> Result<Credentials> {
     })
 }
 
-/// Decode `%XX` escapes (URL credentials, which may hold `@`, `:` or `/` that way).
+/// Decode `%XX` escapes (URL credentials, which may hold `@`, `:` or `/` that way, and
+/// query values).
 ///
 /// # Errors
 /// [`Error::Config`] for key `url` when an escape is not two hex digits or the result is
@@ -78,7 +79,7 @@ pub fn percent_decode(raw: &str) -> Result<String> {
             let hex = raw
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::config("url", "bad percent-encoding in the credentials"))?;
+                .ok_or_else(|| Error::config("url", "bad percent-encoding (%XX) in the URL"))?;
             out.push(hex);
             i += 3;
         } else {
@@ -86,7 +87,8 @@ pub fn percent_decode(raw: &str) -> Result<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| Error::config("url", "the credentials are not utf-8"))
+    String::from_utf8(out)
+        .map_err(|_| Error::config("url", "a percent-encoded part of the URL is not UTF-8"))
 }
 
 /// What a `Debug` implementation shows for a secret field: `Some("***")` when it is set.

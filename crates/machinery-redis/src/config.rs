@@ -4,7 +4,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use machinery_core::url::{Credentials, parse_userinfo, redact_url, split_userinfo};
+use machinery_core::url::{
+    Credentials, parse_userinfo, percent_decode, redact_url, split_userinfo,
+};
 use machinery_core::{Error, Result};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::Deserialize;
