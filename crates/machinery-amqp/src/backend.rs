@@ -11,8 +11,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use machinery_core::{
-    Backend, BackendCapabilities, Backoff, Error, GroupMeta, Result, State, TaskState, Timestamp,
-    TtlCache, time,
+    Backend, BackendCapabilities, Backoff, Error, GroupMeta, Result, State, StateWatch, TaskState,
+    Timestamp, TtlCache, time,
 };
 
 use crate::config::{AmqpConfig, short};
@@ -582,6 +582,7 @@ impl Backend for AmqpBackend {
             expiry: true,
             keeps_created_at: true,
             group_completion_counter: true,
+            pushes_states: !self.inner.exchange().is_empty(),
             ..Default::default()
         }
     }
@@ -609,6 +610,15 @@ impl Backend for AmqpBackend {
             inner.remember_origin(&state);
         }
         Ok(())
+    }
+
+    async fn watch_state(&self, task_uuid: &str) -> Result<Option<StateWatch>> {
+        let inner = &*self.inner;
+        if inner.exchange().is_empty() {
+            return Ok(None);
+        }
+        let session = inner.link.session().await?;
+        crate::push::watch(&session, inner.exchange(), task_uuid).await
     }
 
     async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {

@@ -6,6 +6,7 @@ mod config;
 mod connection;
 mod driver;
 mod error;
+mod push;
 mod topology;
 
 pub use backend::{AmqpBackend, GROUP_DONE_HEADER};

@@ -407,9 +407,19 @@ async fn latency(config: &Config, args: &BenchArgs) -> Result<()> {
         percentile(&samples, 0.99).as_secs_f64() * 1e3,
         samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
-    let strategy = match WaitStrategy::of(p.sender.backend().as_ref()) {
-        WaitStrategy::Push => "push from the backend",
-        WaitStrategy::PollWithBackoff => "polling, back-off 1 ms doubling to 50 ms",
+    let backend = p.sender.backend();
+    let strategy = match (WaitStrategy::of(backend.as_ref()), backend.driver()) {
+        (WaitStrategy::Push, "redis") => {
+            "push (SUBSCRIBE to machinery_state:<uuid>, PUBLISHed by the script storing the final state), fallback re-reads 10 ms doubling to 50 ms"
+        }
+        (WaitStrategy::Push, "amqp") => {
+            "push (a private queue bound to the results exchange with the task UUID), fallback re-reads 10 ms doubling to 50 ms"
+        }
+        (WaitStrategy::Push, "memory") => {
+            "push (in-process notification), fallback re-reads 10 ms doubling to 50 ms"
+        }
+        (WaitStrategy::Push, _) => "push, fallback re-reads 10 ms doubling to 50 ms",
+        (WaitStrategy::PollWithBackoff, _) => "polling, back-off 1 ms doubling to 50 ms",
     };
     println!(
         "latency: {} round trips (send -> AsyncResult::get_as; {} backend waits by {strategy}), p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",

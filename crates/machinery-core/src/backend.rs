@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Result, TaskState};
+use crate::{Result, StateWatch, TaskState};
 
 /// What a result backend can do.
 ///
@@ -41,6 +41,9 @@ pub struct BackendCapabilities {
     pub batched_group_states: bool,
     /// `mark_group_member_done` is O(1) (an atomic set / counter), not the default scan.
     pub group_completion_counter: bool,
+    /// `watch_state` can tell a result waiter that a task's state changed (a push), so that
+    /// [`crate::AsyncResult`] need not poll.
+    pub pushes_states: bool,
 }
 
 /// A result backend.
@@ -121,11 +124,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(false)
     }
 
-    /// A receiver whose value changes every time a state is stored, for backends that can
-    /// push. [`crate::AsyncResult`] waits on it instead of polling. `None` (the default): the
-    /// backend cannot push and waiters poll with a back-off.
-    fn state_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        None
+    /// Start watching `task_uuid`'s state for a result waiter ([`crate::AsyncResult`]), on a
+    /// backend that can push (capability `pushes_states`): the waiter reads the state when
+    /// the watch says it changed instead of polling. Since not every writer pushes (Go
+    /// workers do not), the waiter still re-reads with a back-off. `Ok(None)` (the default):
+    /// no push; waiters poll with a back-off.
+    ///
+    /// # Errors
+    /// When the backend cannot be reached (the waiter then polls).
+    async fn watch_state(&self, task_uuid: &str) -> Result<Option<StateWatch>> {
+        let _ = task_uuid;
+        Ok(None)
     }
 
     /// Delete a task's state.

@@ -11,6 +11,7 @@ mod gostruct;
 pub mod json;
 mod memory;
 mod periodic;
+mod push;
 mod server;
 mod signature;
 mod state;
@@ -33,6 +34,7 @@ pub use config::{Config, LiveConfig, redact_url};
 pub use driver::{BoxFuture, ConnectBackend, ConnectBroker, ConnectLock, Driver, MEMORY_DRIVER};
 pub use error::{BoxError, Error, Result, TaskError};
 pub use memory::{DeadLetter, MemoryBackend, MemoryBroker, MemoryLock};
+pub use push::{Pushed, StateWatch};
 pub use server::{IntoBackend, IntoBroker, Server};
 pub use signature::{
     Arg, Headers, MAX_JSON_NESTING, Signature, new_chord_uuid, new_group_uuid, new_task_uuid,

@@ -8,8 +8,8 @@ use tokio::time::Instant;
 
 use crate::types::{ArgError, FromResults};
 use crate::{
-    Backend, Backoff, Error, Result, Signature, State, TaskResult, TaskState, new_chord_uuid,
-    new_group_uuid, new_task_uuid,
+    Backend, Backoff, Error, Pushed, Result, Signature, State, TaskResult, TaskState,
+    new_chord_uuid, new_group_uuid, new_task_uuid,
 };
 
 /// Tasks run in parallel; their results can feed a chord callback.
@@ -207,7 +207,9 @@ pub(crate) fn convert_results<T: FromResults>(results: &[TaskResult]) -> Result<
 /// How result waiting (`AsyncResult::get` and friends) learns that a state changed, for a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
-    /// The backend pushes every stored state ([`Backend::state_changes`]); no polling.
+    /// The backend pushes ([`Backend::watch_state`]): the waiter reads the state when woken,
+    /// and re-reads after a pause that starts at 10 ms and doubles up to the poll interval,
+    /// for states stored without a push (e.g. by Go workers).
     Push,
     /// The backend is read again after a pause that starts at 1 ms and doubles up to the
     /// poll interval.
@@ -215,13 +217,26 @@ pub enum WaitStrategy {
 }
 
 impl WaitStrategy {
-    /// The strategy result waiting uses on `backend`.
+    /// The strategy result waiting uses on `backend` (from its `pushes_states` capability).
     pub fn of(backend: &dyn Backend) -> Self {
-        if backend.state_changes().is_some() {
+        if backend.capabilities().pushes_states {
             WaitStrategy::Push
         } else {
             WaitStrategy::PollWithBackoff
         }
+    }
+}
+
+/// The first re-read pause while a push is watched: the push wakes the waiter for states
+/// stored by this library, the re-reads catch those stored without one.
+const PUSH_FALLBACK_FIRST: Duration = Duration::from_millis(10);
+
+/// A final state's outcome: its results, or the task's failure.
+fn finished(state: TaskState) -> Option<Result<Vec<TaskResult>>> {
+    match state.state {
+        State::Success => Some(Ok(state.results.unwrap_or_default())),
+        State::Failure => Some(Err(Error::TaskFailed(state.error))),
+        _ => None,
     }
 }
 
@@ -232,18 +247,28 @@ async fn wait_for(
     poll: Duration,
 ) -> Result<Vec<TaskResult>> {
     let start = Instant::now();
-    let mut changes = backend.state_changes();
-    let mut backoff = Backoff::new(Duration::from_millis(1), poll);
-    loop {
-        if let Some(rx) = &mut changes {
-            // Mark the current version seen before reading, so a write after the read wakes us.
-            rx.borrow_and_update();
+    let mut watch = match backend.watch_state(uuid).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot watch the state for pushes; polling");
+            None
         }
-        if let Some(state) = backend.state(uuid).await? {
-            match state.state {
-                State::Success => return Ok(state.results.unwrap_or_default()),
-                State::Failure => return Err(Error::TaskFailed(state.error)),
-                _ => {}
+    };
+    let first = if watch.is_some() {
+        PUSH_FALLBACK_FIRST.min(poll)
+    } else {
+        Duration::from_millis(1)
+    };
+    let mut backoff = Backoff::new(first, poll);
+    let mut read = true;
+    loop {
+        if read {
+            if let Some(w) = &mut watch {
+                // Forget what was pushed before the read, so a write after it wakes us.
+                w.mark_seen();
+            }
+            if let Some(done) = backend.state(uuid).await?.and_then(finished) {
+                return done;
             }
         }
         let left = match timeout {
@@ -251,16 +276,31 @@ async fn wait_for(
             Some(t) => t - start.elapsed(),
             None => Duration::MAX,
         };
-        match &mut changes {
-            Some(rx) => {
-                // A push wakes us at once; the periodic re-read covers a state that expired
-                // or was written by another process sharing no channel with this one.
-                let pause = left.min(Duration::from_secs(1));
-                if let Ok(Err(_)) = tokio::time::timeout(pause, rx.changed()).await {
-                    changes = None;
+        let pause = backoff.next_delay().min(left);
+        read = true;
+        let Some(w) = &mut watch else {
+            tokio::time::sleep(pause).await;
+            continue;
+        };
+        tokio::select! {
+            pushed = w.next() => match pushed {
+                Some(Pushed::Changed) => {}
+                Some(Pushed::State(state)) => {
+                    if state.task_uuid == uuid {
+                        if let Some(done) = finished(*state) {
+                            return done;
+                        }
+                        // Not final yet, and the push said all there is to know.
+                        read = false;
+                    }
                 }
-            }
-            None => tokio::time::sleep(backoff.next_delay().min(left)).await,
+                // The push source is gone: poll from now on.
+                None => {
+                    watch = None;
+                    backoff = Backoff::new(Duration::from_millis(1), poll);
+                }
+            },
+            () = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -352,7 +392,10 @@ mod tests {
             "no-push"
         }
         fn capabilities(&self) -> crate::BackendCapabilities {
-            self.0.capabilities()
+            crate::BackendCapabilities {
+                pushes_states: false,
+                ..self.0.capabilities()
+            }
         }
         async fn set_state(&self, state: &TaskState) -> Result<()> {
             self.0.set_state(state).await

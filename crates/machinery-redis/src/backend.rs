@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use machinery_core::{
-    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, TtlCache, json,
+    Backend, BackendCapabilities, Error, GroupMeta, Result, State, StateWatch, TaskState, TtlCache,
+    json,
 };
 use redis::AsyncCommands;
 
 use crate::client::{Conn, retry_once};
 use crate::config::RedisConfig;
 use crate::error::{self, DRIVER};
+use crate::push::{self, StatePush};
 use crate::scripts;
 
 /// The Redis result backend. Cheap to clone; clones share one connection.
@@ -32,6 +34,8 @@ struct Inner {
     /// its final state): the task name and creation time JSON. It saves a read-merge-write per
     /// state: STARTED and SUCCESS become plain `SET`s with the same bytes the merge would give.
     kept: TtlCache<(Vec<u8>, Vec<u8>)>,
+    /// Result waiters' subscriptions; `None` on a cluster (final states are not announced).
+    push: Option<StatePush>,
 }
 
 /// How long a kept entry is trusted, and how many are kept at most.
@@ -56,7 +60,12 @@ impl RedisBackend {
     /// redacted) when it cannot be reached.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let (conn, target) = Conn::connect(&config).await?;
-        Ok(Self::from_parts(conn, &config, target.display))
+        let push_client = if target.cluster {
+            None
+        } else {
+            Some(crate::client::single_client(&config, &target)?)
+        };
+        Ok(Self::from_parts(conn, &config, target.display, push_client))
     }
 
     /// Connect with the default settings to `url`.
@@ -67,19 +76,51 @@ impl RedisBackend {
         Self::connect(RedisConfig::from_url(url)).await
     }
 
-    pub(crate) fn from_parts(conn: Conn, config: &RedisConfig, display: String) -> Self {
+    /// `push_client` (single node only) opens the connection result waiters subscribe on.
+    pub(crate) fn from_parts(
+        conn: Conn,
+        config: &RedisConfig,
+        display: String,
+        push_client: Option<redis::Client>,
+    ) -> Self {
+        let push = push_client
+            .filter(|_| !conn.is_cluster())
+            .map(|c| StatePush::new(c, config.connect_timeout()));
         RedisBackend {
             inner: Arc::new(Inner {
                 conn,
                 ttl_secs: config.results_ttl_secs(),
                 display,
                 kept: TtlCache::new(KEPT_MAX),
+                push,
             }),
         }
     }
 
     fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// A final state: `SET key body EX ttl` announced on the task's channel in the same
+    /// script call, once more after a dropped connection; a plain `SET` without push.
+    async fn put_final(&self, key: &str, body: &[u8], state: State) -> redis::RedisResult<()> {
+        if self.inner.push.is_none() {
+            return self.put(key, body).await;
+        }
+        let ttl = self.inner.ttl_secs;
+        let channel = push::channel(key);
+        let channel = &channel;
+        retry_once(&self.inner.conn, |mut c| async move {
+            scripts::SET_FINAL
+                .key(key)
+                .arg(body)
+                .arg(ttl)
+                .arg(channel)
+                .arg(state.as_str())
+                .invoke_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// `SET key body EX ttl`, once more after a dropped connection (same bytes, same key).
@@ -217,6 +258,7 @@ impl Backend for RedisBackend {
             keeps_created_at: true,
             batched_group_states: !self.inner.conn.is_cluster(),
             group_completion_counter: !self.inner.conn.is_cluster(),
+            pushes_states: self.inner.push.is_some(),
             ..Default::default()
         }
     }
@@ -239,21 +281,28 @@ impl Backend for RedisBackend {
             if run_ends {
                 self.forget(key);
             }
+            if state.state.is_completed() {
+                return self.put_final(key, &body, state.state).await.map_err(fail);
+            }
             return self.put(key, &body).await.map_err(fail);
         }
+        let announce = (self.inner.push.is_some() && state.state.is_completed())
+            .then(|| (push::channel(key), state.state.as_str()));
         let (name, created): (Vec<u8>, Vec<u8>) = retry_once(&self.inner.conn, |mut c| {
             let p = &p;
+            let announce = &announce;
             async move {
-                scripts::SET_STATE
-                    .key(key)
-                    .arg(ttl)
+                let mut call = scripts::SET_STATE.key(key);
+                call.arg(ttl)
                     .arg(p.head)
                     .arg(p.name)
                     .arg(p.middle)
                     .arg(p.created)
-                    .arg(p.tail)
-                    .invoke_async(&mut c)
-                    .await
+                    .arg(p.tail);
+                if let Some((channel, message)) = announce {
+                    call.arg(channel).arg(*message);
+                }
+                call.invoke_async(&mut c).await
             }
         })
         .await
@@ -262,6 +311,13 @@ impl Backend for RedisBackend {
             self.remember(key, name, created);
         }
         Ok(())
+    }
+
+    async fn watch_state(&self, task_uuid: &str) -> Result<Option<StateWatch>> {
+        Ok(match &self.inner.push {
+            Some(push) => push.watch(task_uuid).await,
+            None => None,
+        })
     }
 
     async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {

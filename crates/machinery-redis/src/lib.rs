@@ -7,6 +7,7 @@ mod config;
 mod driver;
 mod error;
 mod lock;
+mod push;
 mod scripts;
 
 pub use backend::RedisBackend;

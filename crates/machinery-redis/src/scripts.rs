@@ -63,10 +63,20 @@ pub(crate) static MOVE_DUE: LazyLock<Script> =
 /// result may hold an earlier `CreatedAt`), searched from near the end first; `TaskName` is
 /// the first occurrence (only the task UUID, a string, precedes it).
 ///
+/// With a channel, the write is announced there (`PUBLISH`, errors ignored) for result
+/// waiters, in the same call.
+///
 /// KEYS: task UUID. ARGV: ttl seconds, head (through `"TaskName":`), task name JSON, middle
-/// (through `"CreatedAt":`), created-at JSON, tail.
+/// (through `"CreatedAt":`), created-at JSON, tail, and optionally channel and message.
 pub(crate) static SET_STATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/set_state.lua")));
+
+/// A final state whose bytes are already complete (`SET ... EX`), announced on a channel
+/// (`PUBLISH`, errors ignored) for result waiters: one call, like the plain `SET` it replaces.
+///
+/// KEYS: task UUID. ARGV: state JSON, ttl seconds, channel, message.
+pub(crate) static SET_FINAL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/set_final.lua")));
 
 /// Flip `ChordTriggered` to true in a stored GroupMeta, once. Returns 1 to the caller that
 /// flipped it, 0 when it was already set, -1 when the group is unknown. The flip edits the

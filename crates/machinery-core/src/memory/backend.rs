@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use crate::{
-    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, results_ttl,
+    Backend, BackendCapabilities, Error, GroupMeta, Result, State, StateWatch, TaskState,
+    results_ttl,
 };
 
 const DRIVER: &str = "memory";
@@ -177,6 +178,7 @@ impl Backend for MemoryBackend {
             keeps_created_at: true,
             batched_group_states: true,
             group_completion_counter: true,
+            pushes_states: true,
             ..Default::default()
         }
     }
@@ -206,8 +208,10 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn state_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.inner.changes.subscribe())
+    async fn watch_state(&self, _task_uuid: &str) -> Result<Option<StateWatch>> {
+        Ok(Some(StateWatch::from_counter(
+            self.inner.changes.subscribe(),
+        )))
     }
 
     async fn state(&self, task_uuid: &str) -> Result<Option<TaskState>> {

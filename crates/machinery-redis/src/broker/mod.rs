@@ -179,6 +179,7 @@ impl RedisBroker {
             self.inner.conn.clone(),
             &self.inner.config,
             self.inner.target.display.clone(),
+            crate::client::single_client(&self.inner.config, &self.inner.target).ok(),
         )
     }
 

@@ -37,4 +37,8 @@ if old then
   end
 end
 redis.call('SET', KEYS[1], ARGV[2] .. name .. ARGV[4] .. created .. ARGV[6], 'EX', ARGV[1])
+if ARGV[7] then
+  -- A final state: wake the result waiters (an ACL without the channel only loses the push).
+  redis.pcall('PUBLISH', ARGV[7], ARGV[8])
+end
 return {name, created}

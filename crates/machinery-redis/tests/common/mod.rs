@@ -82,24 +82,8 @@ pub async fn processing_lists(
     out
 }
 
-/// Wait until `check` holds, polling every 20 ms, failing after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Waiting on a condition: the one helper every test shares.
+pub use machinery_testkit::wait_until as eventually;
 
 /// A port nothing listens on now: the OS picks it, and the listener is dropped at once.
 pub fn free_port() -> u16 {
@@ -188,18 +172,8 @@ impl RedisServer {
     }
 
     async fn wait_ready(&self) {
-        let start = std::time::Instant::now();
-        loop {
-            if self.ping().await {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server at {} did not start",
-                self.url
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("redis-server at {} to start", self.url);
+        eventually(Duration::from_secs(10), &what, || self.ping()).await;
     }
 
     async fn ping(&self) -> bool {
