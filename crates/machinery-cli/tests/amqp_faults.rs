@@ -72,6 +72,28 @@ impl Setup {
         server_from_config(self.config()).await.expect("sender")
     }
 
+    /// Wait until the worker process has declared this setup's queue (a passive declare
+    /// succeeds), so that what is published next is routed to it.
+    async fn wait_for_queue(&self) {
+        let conn = lapin::Connection::connect(&self.amqp, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect to wait for the queue");
+        machinery_testkit::wait_until(Duration::from_secs(60), "the worker's queue", || async {
+            let Ok(ch) = conn.create_channel().await else {
+                return false;
+            };
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            ch.queue_declare(self.queue.as_str().into(), passive, Default::default())
+                .await
+                .is_ok()
+        })
+        .await;
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
     /// Delete the queues and exchanges of this setup.
     async fn cleanup(&self) {
         let conn = lapin::Connection::connect(&self.amqp, lapin::ConnectionProperties::default())
@@ -114,7 +136,7 @@ async fn sigkill_of_a_worker_mid_run_loses_no_task() {
     let server = setup.sender().await;
     // The queue must exist before the tasks are published (the worker declares it too).
     let mut first = setup.worker(16);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    setup.wait_for_queue().await;
     first.kill();
     let uuids = send_adds(&server, &setup.queue, 0, N).await;
     assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), N);
@@ -167,7 +189,7 @@ async fn worker_and_sender_resume_after_a_rabbitmq_restart() {
     let setup = Setup::new(&node.url(), &redis_url);
     let mut conn = redis_conn(&redis_url, REDIS_VAR).await;
     let mut worker = setup.worker(8);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    setup.wait_for_queue().await;
     let server = setup.sender().await;
     let mut all = send_adds(&server, &setup.queue, 0, 500).await;
     wait_for_successes(&mut conn, &all, 500, Duration::from_secs(60), &mut worker).await;

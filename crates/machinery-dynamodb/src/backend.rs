@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::types::{
     TableStatus, TimeToLiveSpecification,
 };
 use machinery_core::{
-    Backend, BackendCapabilities, Error, GroupMeta, Result, State, TaskState, time,
+    Backend, BackendCapabilities, Backoff, Error, GroupMeta, Result, State, TaskState, time,
 };
 
 use crate::config::DynamoConfig;
@@ -462,6 +462,8 @@ impl DynamoBackend {
             let mut keys: Vec<HashMap<String, Av>> =
                 chunk.iter().map(|u| key(item::TASK_UUID, u)).collect();
             let mut round = 0;
+            // Unprocessed keys (throttling): 50 ms doubling to 2 s between rounds.
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
             while !keys.is_empty() {
                 round += 1;
                 let request = KeysAndAttributes::builder()
@@ -510,13 +512,13 @@ impl DynamoBackend {
                         source: None,
                     });
                 }
-                let backoff = Duration::from_millis(50 << round.min(6)).min(Duration::from_secs(2));
+                let pause = backoff.next_delay();
                 tracing::debug!(
                     unprocessed = keys.len(),
-                    ?backoff,
+                    ?pause,
                     "BatchGetItem left keys unprocessed; retrying"
                 );
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(pause).await;
             }
         }
         Ok(found)

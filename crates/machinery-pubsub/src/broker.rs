@@ -27,8 +27,8 @@ use gcloud_googleapis::pubsub::v1::{
 use gcloud_pubsub::apiv1::conn_pool::{ConnectionManager, PUBSUB};
 use gcloud_pubsub::client::ClientConfig;
 use machinery_core::{
-    Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery, DeliveryStream,
-    Error, Nack, Payload, Result, Signature,
+    Acknowledger, Backoff, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery,
+    DeliveryStream, Error, Nack, Payload, Result, Signature,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -1501,7 +1501,10 @@ impl Receiver {
     }
 
     async fn run(self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            self.inner.config.reconnect_max_delay,
+        );
         let mut ready: VecDeque<Ready> = VecDeque::new();
         'outer: while !self.stop.is_cancelled() && !self.tx.is_closed() {
             // The server may answer the call only with its first messages: a stop must not
@@ -1545,7 +1548,7 @@ impl Receiver {
                     }
                     item = responses.next() => match item {
                         Some(Ok(r)) => {
-                            backoff = Duration::from_millis(100);
+                            backoff.reset();
                             for m in r.received_messages {
                                 if let Some(r) = self.accept(m) {
                                     ready.push_back(r);
@@ -1576,7 +1579,7 @@ impl Receiver {
 
     /// Report a stream failure and wait before the next attempt; false when the consumer is
     /// stopping.
-    async fn failed(&self, e: CallError, backoff: &mut Duration) -> bool {
+    async fn failed(&self, e: CallError, backoff: &mut Backoff) -> bool {
         if e.is(Code::NotFound) && self.inner.config.create_missing {
             // The emulator restarted (or the subscription was deleted): create it again.
             warn!(subscription = %self.sub.path, "subscription gone; creating it again");
@@ -1589,15 +1592,15 @@ impl Receiver {
             }
         }
         let e = e.into_error();
-        warn!(subscription = %self.sub.id, error = %e, retry_in = ?backoff, "pubsub streaming pull failed");
+        let pause = backoff.next_delay();
+        warn!(subscription = %self.sub.id, error = %e, retry_in = ?pause, "pubsub streaming pull failed");
         if self.tx.send(Err(e)).is_err() {
             return false;
         }
         tokio::select! {
             _ = self.stop.cancelled() => return false,
-            _ = tokio::time::sleep(*backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
-        *backoff = (*backoff * 2).min(self.inner.config.reconnect_max_delay);
         true
     }
 

@@ -21,8 +21,8 @@ use aws_sdk_sqs::types::{
 };
 use futures::Stream;
 use machinery_core::{
-    Acknowledger, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery, DeliveryStream,
-    Error, Nack, Payload, Result, Signature,
+    Acknowledger, Backoff, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery,
+    DeliveryStream, Error, Nack, Payload, Result, Signature,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -1146,7 +1146,10 @@ struct Receiver {
 
 impl Receiver {
     async fn run(self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            self.inner.config.reconnect_max_delay,
+        );
         loop {
             let first = tokio::select! {
                 biased;
@@ -1165,7 +1168,7 @@ impl Receiver {
             // back at once.
             match self.receive(permits.len()).await {
                 Ok(messages) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let stopping = self.stop.is_cancelled() || self.tx.is_closed();
                     for m in messages {
                         if stopping {
@@ -1180,15 +1183,15 @@ impl Receiver {
                     }
                 }
                 Err(e) => {
-                    warn!(queue = %self.info.name, error = %e, retry_in = ?backoff, "sqs receive failed");
+                    let pause = backoff.next_delay();
+                    warn!(queue = %self.info.name, error = %e, retry_in = ?pause, "sqs receive failed");
                     if self.tx.send(Err(e)).is_err() {
                         break;
                     }
                     tokio::select! {
                         _ = self.stop.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
-                    backoff = (backoff * 2).min(self.inner.config.reconnect_max_delay);
                 }
             }
         }
