@@ -274,10 +274,18 @@ pub async fn worker_knows_only_some_tasks(env: &Env) {
     stays_pending(&r, until, "a worker that does not know the task ran it").await;
     let full = env.server();
     let w2 = env.worker(&full, 1);
-    // The partial worker keeps competing for the task, and on SQS each of its requeues is a
-    // whole-second visibility change: give the full worker more than one normal timeout.
+    let mut w1 = Some(w1);
+    if env.broker.driver() == "sqs" {
+        // On moto's SQS the partial worker, which keeps competing for the task, wins the
+        // offer for up to a minute (each requeue is a whole-second delay), which made this
+        // test flaky under CI load; there the partial worker leaves (giving back what it
+        // holds) once the full worker runs, as in a rolling deploy.
+        finish(w1.take().expect("partial worker")).await;
+    }
     assert_eq!(r.get_as::<i64>(3 * TIMEOUT).await.unwrap(), 42);
-    finish(w1).await;
+    if let Some(w1) = w1 {
+        finish(w1).await;
+    }
     finish(w2).await;
 }
 
