@@ -5,6 +5,7 @@ mod backoff;
 mod broker;
 mod cache;
 pub mod config;
+pub mod consumers;
 mod driver;
 mod error;
 mod gostruct;

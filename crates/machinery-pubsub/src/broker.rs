@@ -5,14 +5,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use gcloud_gax::conn::{Channel, ConnectionOptions, Environment};
 use gcloud_gax::grpc::metadata::AsciiMetadataValue;
 use gcloud_gax::grpc::{Code, Request, Status, Streaming};
@@ -26,13 +24,14 @@ use gcloud_googleapis::pubsub::v1::{
 };
 use gcloud_pubsub::apiv1::conn_pool::{ConnectionManager, PUBSUB};
 use gcloud_pubsub::client::ClientConfig;
+use machinery_core::consumers::Consumers;
 use machinery_core::{
     Acknowledger, Backoff, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery,
     DeliveryStream, Error, Nack, Payload, Result, Signature,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -178,17 +177,11 @@ struct Inner {
     dead: tokio::sync::Mutex<HashMap<String, Arc<TopicInfo>>>,
     publishers: Mutex<HashMap<String, mpsc::UnboundedSender<PubJob>>>,
     settlers: Mutex<HashMap<String, mpsc::UnboundedSender<SettleJob>>>,
-    consumers: Mutex<HashMap<String, Vec<Consumer>>>,
+    consumers: Consumers,
     counters: Counters,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     closed: AtomicBool,
-}
-
-#[derive(Clone)]
-struct Consumer {
-    stop: CancellationToken,
-    done: CancellationToken,
 }
 
 /// A request with Google's routing header.
@@ -279,7 +272,7 @@ impl PubSubBroker {
             dead: tokio::sync::Mutex::new(HashMap::new()),
             publishers: Mutex::new(HashMap::new()),
             settlers: Mutex::new(HashMap::new()),
-            consumers: Mutex::new(HashMap::new()),
+            consumers: Consumers::default(),
             counters: Counters::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -1255,17 +1248,10 @@ impl Broker for PubSubBroker {
         let sub = self.inner.sub_for_queue(queue, false).await?;
         let prefetch = usize::from(options.prefetch.max(1));
         let (tx, rx) = mpsc::unbounded_channel();
-        let consumer = Consumer {
-            stop: self.inner.shutdown.child_token(),
-            done: CancellationToken::new(),
-        };
-        self.inner
+        let consumer = self
+            .inner
             .consumers
-            .lock()
-            .expect("consumers poisoned")
-            .entry(options.consumer_tag.clone())
-            .or_default()
-            .push(consumer.clone());
+            .register(&options.consumer_tag, &self.inner.shutdown);
         let leases = Arc::new(Leases::default());
         {
             let inner = Arc::clone(&self.inner);
@@ -1285,15 +1271,12 @@ impl Broker for PubSubBroker {
             leases,
             stop: consumer.stop.clone(),
         };
-        let done = consumer.done.clone();
+        let finished = consumer.clone();
         self.inner.tasks.spawn(async move {
             receiver.run().await;
-            done.cancel();
+            finished.finished();
         });
-        Ok(Box::pin(ConsumerStream {
-            rx,
-            _stop: consumer.stop.drop_guard(),
-        }))
+        Ok(consumer.stream(rx))
     }
 
     async fn pending_tasks(&self, _queue: &str) -> Result<Vec<Signature>> {
@@ -1311,19 +1294,7 @@ impl Broker for PubSubBroker {
     }
 
     async fn stop_consuming(&self, consumer_tag: &str) -> Result<()> {
-        let consumers = self
-            .inner
-            .consumers
-            .lock()
-            .expect("consumers poisoned")
-            .remove(consumer_tag)
-            .unwrap_or_default();
-        for c in &consumers {
-            c.stop.cancel();
-        }
-        for c in consumers {
-            c.done.cancelled().await;
-        }
+        self.inner.consumers.stop(consumer_tag).await;
         Ok(())
     }
 
@@ -1660,20 +1631,6 @@ impl Receiver {
         let delivery = Delivery::new(r.payload, r.redelivered, Box::new(acker));
         // A closed channel drops the delivery, which gives the message back.
         let _ = self.tx.send(Ok(delivery));
-    }
-}
-
-/// The stream a consumer reads; dropping it stops the streaming pull.
-struct ConsumerStream {
-    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
-    _stop: DropGuard,
-}
-
-impl Stream for ConsumerStream {
-    type Item = Result<Delivery>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
     }
 }
 

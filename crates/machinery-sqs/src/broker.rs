@@ -4,10 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,14 +17,14 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
-use futures::Stream;
+use machinery_core::consumers::Consumers;
 use machinery_core::{
     Acknowledger, Backoff, Broker, BrokerCapabilities, ConsumeOptions, DeadLetter, Delivery,
     DeliveryStream, Error, Nack, Payload, Result, Signature,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
@@ -159,17 +157,11 @@ struct Inner {
     prefix: String,
     queues: tokio::sync::Mutex<HashMap<String, Arc<QueueInfo>>>,
     batchers: Mutex<HashMap<(String, Kind), mpsc::UnboundedSender<Job>>>,
-    consumers: Mutex<HashMap<String, Vec<Consumer>>>,
+    consumers: Consumers,
     counters: Counters,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     closed: AtomicBool,
-}
-
-#[derive(Clone)]
-struct Consumer {
-    stop: CancellationToken,
-    done: CancellationToken,
 }
 
 impl SqsBroker {
@@ -228,7 +220,7 @@ impl SqsBroker {
                 prefix,
                 queues: tokio::sync::Mutex::new(HashMap::new()),
                 batchers: Mutex::new(HashMap::new()),
-                consumers: Mutex::new(HashMap::new()),
+                consumers: Consumers::default(),
                 counters: Counters::default(),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -936,17 +928,10 @@ impl Broker for SqsBroker {
         let info = self.inner.queue_info(queue, false).await?;
         let prefetch = usize::from(options.prefetch.max(1));
         let (tx, rx) = mpsc::unbounded_channel();
-        let consumer = Consumer {
-            stop: self.inner.shutdown.child_token(),
-            done: CancellationToken::new(),
-        };
-        self.inner
+        let consumer = self
+            .inner
             .consumers
-            .lock()
-            .expect("consumers poisoned")
-            .entry(options.consumer_tag.clone())
-            .or_default()
-            .push(consumer.clone());
+            .register(&options.consumer_tag, &self.inner.shutdown);
         let held = Arc::new(Held::default());
         let visibility = self
             .inner
@@ -968,15 +953,12 @@ impl Broker for SqsBroker {
             held,
             stop: consumer.stop.clone(),
         };
-        let done = consumer.done.clone();
+        let finished = consumer.clone();
         self.inner.tasks.spawn(async move {
             receiver.run().await;
-            done.cancel();
+            finished.finished();
         });
-        Ok(Box::pin(ConsumerStream {
-            rx,
-            _stop: consumer.stop.drop_guard(),
-        }))
+        Ok(consumer.stream(rx))
     }
 
     async fn pending_tasks(&self, _queue: &str) -> Result<Vec<Signature>> {
@@ -994,19 +976,7 @@ impl Broker for SqsBroker {
     }
 
     async fn stop_consuming(&self, consumer_tag: &str) -> Result<()> {
-        let consumers = self
-            .inner
-            .consumers
-            .lock()
-            .expect("consumers poisoned")
-            .remove(consumer_tag)
-            .unwrap_or_default();
-        for c in &consumers {
-            c.stop.cancel();
-        }
-        for c in consumers {
-            c.done.cancelled().await;
-        }
+        self.inner.consumers.stop(consumer_tag).await;
         Ok(())
     }
 
@@ -1280,20 +1250,6 @@ impl Receiver {
         let delivery = Delivery::new(payload, receive_count > 1, Box::new(acker));
         // A closed channel drops the delivery, which gives the message back.
         let _ = self.tx.send(Ok(delivery));
-    }
-}
-
-/// The stream a consumer reads; dropping it stops the receive loop.
-struct ConsumerStream {
-    rx: mpsc::UnboundedReceiver<Result<Delivery>>,
-    _stop: DropGuard,
-}
-
-impl Stream for ConsumerStream {
-    type Item = Result<Delivery>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
     }
 }
 
