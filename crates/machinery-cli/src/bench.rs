@@ -13,6 +13,9 @@ use machinery::{
 use machinery_cli::example_tasks;
 use tokio::sync::{Notify, oneshot};
 
+mod ceiling;
+mod redis_cost;
+
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
@@ -26,12 +29,18 @@ pub enum Kind {
     Delayed,
     /// A chord of N members (and of N/10, N/2 for linearity): send -> callback result.
     Chord,
-    /// e2e, drain, latency, delayed and chord one after another.
+    /// Go Machinery's Redis protocol by hand with no engine, on the --broker Redis (one node,
+    /// redis:// only): `ceiling e2e` and `ceiling drain`, the figures e2e and drain can at best
+    /// reach on that server with one connection per side.
+    Ceiling,
+    /// e2e, drain, latency, delayed and chord one after another (and ceiling after drain when
+    /// the broker is a single Redis node).
     All,
 }
 
 /// Options of `machinery bench`.
 #[derive(Debug, Clone, Args)]
+#[command(after_help = COST_HELP)]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -55,6 +64,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     delayed_n: usize,
 }
+
+/// The Redis cost lines, for `--help`.
+const COST_HELP: &str = "When the broker or the backend is a single Redis node (redis://; not rediss, Sentinel or Cluster), e2e, drain and ceiling each also print two lines read from that server with INFO cpu and INFO commandstats before and after the measured span: Redis CPU per task (used_cpu_sys + used_cpu_user), commands per task (commandstats calls, INFO left out) and this process's CPU per task (user + sys); then calls and usec per task by command, most usec first. They are the whole server's: other clients of a shared Redis count too. A script call (EVAL/EVALSHA) counts once and each redis.call() inside it counts again under its own name, and the script's usec includes theirs: do not add them up. drain (and ceiling drain) cover the worker alone, e2e both sides.";
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Instant>>>>;
 
@@ -226,6 +238,12 @@ fn broker_api_calls(config: &Config) -> Option<u64> {
         .then(machinery::pubsub::api_calls)
 }
 
+/// Start reading the Redis cost of a span (`INFO cpu` and `INFO commandstats` before and after)
+/// on the broker's and the backend's Redis when they are single nodes.
+async fn redis_probe(config: &Config) -> redis_cost::Probe {
+    redis_cost::Probe::start(&[&config.broker, &config.result_backend], config).await
+}
+
 fn header(config: &Config, args: &BenchArgs) {
     println!(
         "# broker {} | backend {} | worker concurrency {} | send concurrency {} | {} cores",
@@ -259,13 +277,14 @@ pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
     };
     header(&config, args);
     let kinds = match args.kind {
-        Kind::All => vec![
-            Kind::E2e,
-            Kind::Drain,
-            Kind::Latency,
-            Kind::Delayed,
-            Kind::Chord,
-        ],
+        Kind::All => {
+            let mut all = vec![Kind::E2e, Kind::Drain];
+            if redis_cost::single_node_url(&config.broker, &config).is_some() {
+                all.push(Kind::Ceiling);
+            }
+            all.extend([Kind::Latency, Kind::Delayed, Kind::Chord]);
+            all
+        }
         k => vec![k],
     };
     for k in kinds {
@@ -275,6 +294,7 @@ pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
             Kind::Latency => latency(&config, args).await?,
             Kind::Delayed => delayed(&config, args).await?,
             Kind::Chord => chord(&config, args).await?,
+            Kind::Ceiling => ceiling::ceiling(&config, args).await?,
             Kind::All => unreachable!("expanded above"),
         }
     }
@@ -307,11 +327,13 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
     let sample = sample_uuids(&sigs);
     let trips_before = backend_round_trips(config);
     let calls_before = broker_api_calls(config);
+    let probe = redis_probe(config).await;
     let start = Instant::now();
     p.send_many(sigs, args.send_concurrency).await?;
     let sent = start.elapsed();
     p.wait_done(args.n, Duration::from_secs(600)).await?;
     let total = start.elapsed();
+    let cost = probe.finish().await;
     let trips = trips_before.zip(backend_round_trips(config));
     let calls = calls_before.zip(broker_api_calls(config));
     w.quit();
@@ -333,6 +355,7 @@ async fn e2e(config: &Config, args: &BenchArgs) -> Result<()> {
             (after - before) as f64 / args.n as f64
         );
     }
+    cost.print("e2e", args.n);
     if let Some((before, after)) = calls {
         println!(
             "e2e: {} Pub/Sub API calls = {:.3} per completed task (sender and worker: Publish, StreamingPull, Acknowledge, ModifyAckDeadline)",
@@ -351,10 +374,12 @@ async fn drain(config: &Config, args: &BenchArgs) -> Result<()> {
     let sigs = adds(args.n);
     let sample = sample_uuids(&sigs);
     p.send_many(sigs, args.send_concurrency).await?;
+    let probe = redis_probe(&config).await;
     let start = Instant::now();
     let w = p.launch(args.concurrency);
     p.wait_done(args.n, Duration::from_secs(600)).await?;
     let total = start.elapsed();
+    let cost = probe.finish().await;
     w.quit();
     w.join().await?;
     verify_sample(&p.sender, &sample).await?;
@@ -365,6 +390,7 @@ async fn drain(config: &Config, args: &BenchArgs) -> Result<()> {
         args.n as f64 / total.as_secs_f64(),
         p.done.extra_runs()
     );
+    cost.print("drain", args.n);
     Ok(())
 }
 
