@@ -1,5 +1,5 @@
 //! Result waiting by push: the backend stores a final state (SUCCESS / FAILURE) and publishes
-//! on the task's channel in the same script call; a waiter subscribes to that channel on one
+//! on the task's channel right after it, pipelined in the same round trip; a waiter subscribes to that channel on one
 //! pub/sub connection that the backend shares between all its waiters, and reads the state
 //! when woken. Go workers publish nothing, so waiters also poll with a back-off (in core).
 //!

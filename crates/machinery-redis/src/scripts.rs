@@ -6,15 +6,6 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Settle acked messages and refill, in one step: remove each acked message (`ARGV[2..]`)
-/// from the consumer's processing list, then move up to `ARGV[1]` messages from the head of
-/// the queue to the tail of that list. Returns how many acked messages were no longer there
-/// and the messages taken (oldest first).
-///
-/// KEYS: queue, processing list.
-pub(crate) static TAKE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/take.lua")));
-
 /// Heartbeat of one consumer (when `ARGV[1]` is not empty) and recovery of dead consumers:
 /// every registered consumer whose lease ended has its processing list moved back to the
 /// HEAD of the queue, in its original order, and is removed from the registry. Leases use
@@ -53,30 +44,6 @@ pub(crate) static RECONCILE: LazyLock<Script> =
 /// KEYS: delayed set. ARGV: now ns, batch size, default queue.
 pub(crate) static MOVE_DUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/move_due.lua")));
-
-/// Write a task state, keeping the stored `CreatedAt` and (when the new one is empty)
-/// `TaskName`, as Go's GET-then-SET does, in one atomic step. The new JSON arrives cut in
-/// five pieces around the task name and the creation time so that the stored bytes stay
-/// exactly Go's encoding. Returns the task name and creation time JSON that were stored.
-///
-/// `CreatedAt` is the last occurrence of its key (the key is the last-but-one field; a map
-/// result may hold an earlier `CreatedAt`), searched from near the end first; `TaskName` is
-/// the first occurrence (only the task UUID, a string, precedes it).
-///
-/// With a channel, the write is announced there (`PUBLISH`, errors ignored) for result
-/// waiters, in the same call.
-///
-/// KEYS: task UUID. ARGV: ttl seconds, head (through `"TaskName":`), task name JSON, middle
-/// (through `"CreatedAt":`), created-at JSON, tail, and optionally channel and message.
-pub(crate) static SET_STATE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/set_state.lua")));
-
-/// A final state whose bytes are already complete (`SET ... EX`), announced on a channel
-/// (`PUBLISH`, errors ignored) for result waiters: one call, like the plain `SET` it replaces.
-///
-/// KEYS: task UUID. ARGV: state JSON, ttl seconds, channel, message.
-pub(crate) static SET_FINAL: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/set_final.lua")));
 
 /// Flip `ChordTriggered` to true in a stored GroupMeta, once. Returns 1 to the caller that
 /// flipped it, 0 when it was already set, -1 when the group is unknown. The flip edits the
