@@ -73,6 +73,46 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Append `s` as a JSON string, exactly as [`to_vec`] writes it. Strings with nothing to
+/// escape (task UUIDs, names, queue names, timestamps: nearly all of them) are copied in one
+/// go; the rest take serde_json's path with [`GoFormatter`].
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
+    let plain = s
+        .bytes()
+        .all(|b| b >= 0x20 && !matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | 0xE2));
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        push_value(out, s).expect("a string always encodes");
+    }
+}
+
+/// Append any serializable value the way [`to_vec`] writes it.
+pub(crate) fn push_value<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> serde_json::Result<()> {
+    let mut ser = serde_json::Serializer::with_formatter(out, GoFormatter);
+    value.serialize(&mut ser)
+}
+
+/// Append a decimal integer.
+pub(crate) fn push_int(out: &mut Vec<u8>, n: i64) {
+    if (0..10).contains(&n) {
+        out.push(b'0' + n as u8);
+    } else {
+        out.extend_from_slice(n.to_string().as_bytes());
+    }
+}
+
+/// Append `true` / `false`.
+pub(crate) fn push_bool(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
 /// Serialize `value` to a compact JSON string the way Go's `json.Marshal` would.
 pub fn to_string<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
     // GoFormatter only ever writes valid UTF-8.
