@@ -583,11 +583,17 @@ impl Signature {
                 });
             }
         }
-        let depth = json_nesting(bytes);
-        if depth <= 100 {
-            // The common case: serde_json's own limit (128) is never reached.
-            return serde_json::from_slice(bytes).map_err(|e| Error::decode_caused("signature", e));
+        // The common case first: serde_json's own nesting limit (128) is not reached, and
+        // nothing deeper than that limit exists to check. Only a message that hits the limit
+        // is measured and, when a long chain, decoded again without it.
+        let e = match serde_json::from_slice(bytes) {
+            Ok(sig) => return Ok(sig),
+            Err(e) => e,
+        };
+        if !e.to_string().starts_with("recursion limit exceeded") {
+            return Err(Error::decode_caused("signature", e));
         }
+        let depth = json_nesting(bytes);
         if depth > MAX_JSON_NESTING {
             return Err(Error::decode(
                 "signature",
