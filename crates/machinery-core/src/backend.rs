@@ -62,6 +62,19 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// When the backend cannot be reached.
     async fn set_state(&self, state: &TaskState) -> Result<()>;
 
+    /// Store several states of one task, in order, as [`Backend::set_state`] each (the worker
+    /// stores RECEIVED and STARTED together when nothing runs between them). A backend may
+    /// write them in one round trip; the last one is what stays stored.
+    ///
+    /// # Errors
+    /// As [`Backend::set_state`]; the states before the failing one may be stored.
+    async fn set_states(&self, states: &[TaskState]) -> Result<()> {
+        for state in states {
+            self.set_state(state).await?;
+        }
+        Ok(())
+    }
+
     /// The latest state of a task, `None` when nothing is stored (or it expired).
     ///
     /// # Errors

@@ -139,6 +139,30 @@ impl RedisBackend {
         .await
     }
 
+    /// The task name and creation time JSON a non-PENDING state of `key` keeps: what this
+    /// process remembers of the run, else Go's merge: read the stored state and keep its
+    /// `CreatedAt` (and `TaskName`, used when ours is empty), as Go's GET-then-SET does (two
+    /// plain commands; the later states of the run come from `kept` without a read).
+    async fn name_and_created(
+        &self,
+        key: &str,
+        p: &StatePieces<'_>,
+    ) -> redis::RedisResult<(Vec<u8>, Vec<u8>)> {
+        if let Some(kept) = self.recall(key) {
+            return Ok(kept);
+        }
+        let old: Option<Vec<u8>> =
+            retry_once(&self.inner.conn, |mut c| async move { c.get(key).await }).await?;
+        let stored = old.as_deref().map(stored_name_and_created);
+        let created = stored
+            .and_then(|(_, c)| c)
+            .map_or_else(|| p.created.to_vec(), <[u8]>::to_vec);
+        let name = stored
+            .and_then(|(n, _)| n)
+            .map_or_else(|| p.name.to_vec(), <[u8]>::to_vec);
+        Ok((name, created))
+    }
+
     fn recall(&self, task_uuid: &str) -> Option<(Vec<u8>, Vec<u8>)> {
         self.inner.kept.get(task_uuid)
     }
@@ -210,6 +234,29 @@ struct StatePieces<'a> {
     middle: &'a [u8],
     created: &'a [u8],
     tail: &'a [u8],
+}
+
+impl StatePieces<'_> {
+    /// Our task name, or `stored` when ours is empty.
+    fn chosen_name<'a>(&'a self, stored: &'a [u8]) -> &'a [u8] {
+        if self.name == b"\"\"" {
+            stored
+        } else {
+            self.name
+        }
+    }
+
+    /// The state's JSON with the chosen name and the stored creation time spliced in.
+    fn join(&self, stored_name: &[u8], created: &[u8]) -> Vec<u8> {
+        [
+            self.head,
+            self.chosen_name(stored_name),
+            self.middle,
+            created,
+            self.tail,
+        ]
+        .concat()
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -309,37 +356,61 @@ impl Backend for RedisBackend {
         }
         let p = split_state(&json, state)?;
         let run_ends = state.state.is_completed() || state.state == State::Retry;
-        let (name, created) = match self.recall(key) {
-            Some(kept) => kept,
-            None => {
-                // Go's merge: read the stored state, keep its `CreatedAt` (and `TaskName` when
-                // ours is empty). Two plain commands, as Go does; the worker's later states of
-                // this run come from `kept` without a read.
-                let old: Option<Vec<u8>> =
-                    retry_once(&self.inner.conn, |mut c| async move { c.get(key).await })
-                        .await
-                        .map_err(fail)?;
-                let stored = old.as_deref().map(stored_name_and_created);
-                let created = stored
-                    .and_then(|(_, c)| c)
-                    .map_or_else(|| p.created.to_vec(), <[u8]>::to_vec);
-                let name = stored
-                    .and_then(|(n, _)| n)
-                    .map_or_else(|| p.name.to_vec(), <[u8]>::to_vec);
-                (name, created)
-            }
-        };
-        let name = if p.name == b"\"\"" { &name[..] } else { p.name };
-        let body = [p.head, name, p.middle, &created, p.tail].concat();
+        let (name, created) = self.name_and_created(key, &p).await.map_err(fail)?;
+        let body = p.join(&name, &created);
         if run_ends {
             self.forget(key);
         } else {
-            self.remember(key, name.to_vec(), created);
+            self.remember(key, p.chosen_name(&name).to_vec(), created);
         }
         if state.state.is_completed() {
             return self.put_final(key, &body, state.state).await.map_err(fail);
         }
         self.put(key, &body).await.map_err(fail)
+    }
+
+    /// RECEIVED and STARTED of one run (what the worker passes) go out in one round trip,
+    /// after the one read of the merge: `SET … EX` each, pipelined in order. Anything else is
+    /// stored state by state.
+    async fn set_states(&self, states: &[TaskState]) -> Result<()> {
+        let Some(first) = states.first() else {
+            return Ok(());
+        };
+        let key = &first.task_uuid;
+        let mid_run = |s: &TaskState| {
+            s.task_uuid == *key && matches!(s.state, State::Received | State::Started)
+        };
+        if states.len() < 2 || !states.iter().all(mid_run) {
+            for state in states {
+                self.set_state(state).await?;
+            }
+            return Ok(());
+        }
+        let fail = |e| error::map(format!("cannot store the state of {key}"), e);
+        let jsons = states
+            .iter()
+            .map(TaskState::to_json)
+            .collect::<Result<Vec<_>>>()?;
+        let pieces = jsons
+            .iter()
+            .zip(states)
+            .map(|(j, s)| split_state(j, s))
+            .collect::<Result<Vec<_>>>()?;
+        let (name, created) = self.name_and_created(key, &pieces[0]).await.map_err(fail)?;
+        let bodies: Vec<Vec<u8>> = pieces.iter().map(|p| p.join(&name, &created)).collect();
+        let last = pieces.last().expect("two or more");
+        self.remember(key, last.chosen_name(&name).to_vec(), created);
+        let ttl = self.inner.ttl_secs;
+        let bodies = &bodies;
+        retry_once(&self.inner.conn, |mut c| async move {
+            let mut pipe = redis::pipe();
+            for body in bodies {
+                pipe.set_ex(key, body, ttl).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+        .map_err(fail)
     }
 
     async fn watch_state(&self, task_uuid: &str) -> Result<Option<StateWatch>> {

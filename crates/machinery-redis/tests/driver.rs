@@ -940,3 +940,65 @@ async fn a_wrong_or_missing_password_is_a_permanent_error_at_connect() {
         .expect("the right password");
     broker.close().await.unwrap();
 }
+
+/// The worker stores RECEIVED and STARTED with one `set_states` call: one read of the stored
+/// state (a Go sender's PENDING here), then both writes in one round trip, each keeping the
+/// stored `CreatedAt` and, when ours is empty, `TaskName`; the last one stays stored.
+#[tokio::test]
+async fn received_and_started_together_keep_the_stored_created_at_and_name() {
+    let Some(url) = common::url() else { return };
+    let ns = common::namespace();
+    let backend = RedisBackend::connect(common::config(&url, &ns))
+        .await
+        .unwrap();
+    let mut raw = common::raw(&url).await;
+    let mut sig = Signature::new("");
+    sig.uuid = format!("{ns}task_merge");
+    let go_pending = format!(
+        r#"{{"TaskUUID":"{}","TaskName":"go_name","State":"PENDING","Results":null,"Error":"","CreatedAt":"2020-01-02T03:04:05.5Z","TTL":0}}"#,
+        sig.uuid
+    );
+    let _: () = raw.set_ex(&sig.uuid, &go_pending, 60).await.unwrap();
+    backend
+        .set_states(&[
+            TaskState::new(&sig, State::Received),
+            TaskState::new(&sig, State::Started),
+        ])
+        .await
+        .unwrap();
+    let stored: String = raw.get(&sig.uuid).await.unwrap();
+    assert_eq!(
+        stored,
+        format!(
+            r#"{{"TaskUUID":"{}","TaskName":"go_name","State":"STARTED","Results":null,"Error":"","CreatedAt":"2020-01-02T03:04:05.5Z","TTL":0}}"#,
+            sig.uuid
+        )
+    );
+    let ttl: i64 = raw.ttl(&sig.uuid).await.unwrap();
+    assert!(ttl > 60, "the backend's expiry, not the Go writer's: {ttl}");
+    // The final state of the run comes from what the backend remembers, without a read.
+    let _: () = raw.set_ex(&sig.uuid, &go_pending, 60).await.unwrap();
+    backend
+        .set_state(&TaskState::success(&sig, vec![]))
+        .await
+        .unwrap();
+    let done = backend.state(&sig.uuid).await.unwrap().unwrap();
+    assert_eq!(done.state, State::Success);
+    assert_eq!(done.task_name, "go_name");
+    assert_eq!(
+        machinery_core::time::format(&done.created_at),
+        "2020-01-02T03:04:05.5Z"
+    );
+    // Nothing stored before: our own creation time and name stay.
+    let mut fresh = Signature::new("fresh");
+    fresh.uuid = format!("{ns}task_fresh");
+    let received = TaskState::new(&fresh, State::Received);
+    backend
+        .set_states(&[received.clone(), TaskState::new(&fresh, State::Started)])
+        .await
+        .unwrap();
+    let st = backend.state(&fresh.uuid).await.unwrap().unwrap();
+    assert_eq!((st.state, st.task_name.as_str()), (State::Started, "fresh"));
+    assert_eq!(st.created_at, received.created_at);
+    common::delete_prefix(&mut raw, &ns).await;
+}

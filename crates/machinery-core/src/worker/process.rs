@@ -79,22 +79,36 @@ impl Runner {
     }
 
     async fn execute(&self, sig: &Arc<Signature>, task: &crate::task::Task) -> Result<Ended> {
-        self.set_state(TaskState::new(sig, State::Received)).await?;
+        let received = TaskState::new(sig, State::Received);
         let cancel = self.abort.child_token();
         let ctx = TaskContext::new(Arc::clone(sig), cancel.clone());
+        // Converting the arguments runs nothing of the task (the future is not polled yet).
         let fut = match task.call(ctx, &sig.args) {
             Ok(f) => f,
             Err(e) => {
                 // Like Go: RECEIVED then FAILURE, no STARTED, no retries.
+                self.set_state(received).await?;
                 let err = TaskError::Fatal(format!("invalid arguments for task {}: {e}", sig.name));
                 warn!(error = %err, "task arguments do not fit the function");
                 return self.failed(sig, err).await;
             }
         };
-        if let Some(h) = &self.hooks.pre_task {
-            h(sig);
+        let started = TaskState::new(sig, State::Started);
+        match &self.hooks.pre_task {
+            // The hook runs between RECEIVED and STARTED, as in Go.
+            Some(h) => {
+                self.set_state(received).await?;
+                h(sig);
+                self.set_state(started).await?;
+            }
+            // Nothing runs between them: one call, which a backend may make one round trip.
+            None => {
+                self.server
+                    .backend()
+                    .set_states(&[received, started])
+                    .await?;
+            }
         }
-        self.set_state(TaskState::new(sig, State::Started)).await?;
         let limit = task.options().timeout.or_else(|| {
             let t = self.config().worker.task_timeout;
             (t > 0).then(|| Duration::from_secs(t))

@@ -671,7 +671,9 @@ fn take_reply(replies: Vec<redis::Value>, acks: usize) -> RedisResult<(usize, Ve
     // Not only up to the first nil: another client may push between the pipelined commands,
     // and every message moved into the processing list must be delivered.
     for reply in replies {
-        if let Some(raw) = Option::<Vec<u8>>::from_redis_value(reply).map_err(redis::RedisError::from)? {
+        if let Some(raw) =
+            Option::<Vec<u8>>::from_redis_value(reply).map_err(redis::RedisError::from)?
+        {
             taken.push(raw);
         }
     }
