@@ -8,6 +8,7 @@ pub mod config;
 pub mod consumers;
 mod driver;
 mod error;
+mod fastjson;
 mod gostruct;
 pub mod json;
 mod memory;

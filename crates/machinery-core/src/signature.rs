@@ -561,6 +561,11 @@ impl Signature {
     /// # Errors
     /// [`Error::Decode`] when the bytes are not JSON or not a signature object.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        // Go's own layout (what Go Machinery and this crate write) is read directly; anything
+        // else goes through serde_json below, which reads the same values the same way.
+        if let Some(sig) = crate::fastjson::decode_flat_signature(bytes) {
+            return Ok(sig);
+        }
         // Go decodes `null` into a zero Signature and then loops on a task named "": a
         // message must be an object.
         match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
