@@ -15,6 +15,7 @@ use tokio::sync::{Notify, oneshot};
 
 mod ceiling;
 mod redis_cost;
+mod rss;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,6 +37,9 @@ pub enum Kind {
     /// e2e, drain, latency, delayed and chord one after another (and ceiling after drain when
     /// the broker is a single Redis node).
     All,
+    /// Memory of a separate `machinery worker` process (this executable) after N `add` tasks,
+    /// and its peak growth for one 10 MB message (not part of `all`).
+    Rss,
 }
 
 /// Options of `machinery bench`.
@@ -295,6 +299,7 @@ pub async fn run(mut config: Config, args: &BenchArgs) -> Result<()> {
             Kind::Delayed => delayed(&config, args).await?,
             Kind::Chord => chord(&config, args).await?,
             Kind::Ceiling => ceiling::ceiling(&config, args).await?,
+            Kind::Rss => rss::rss(&config, args).await?,
             Kind::All => unreachable!("expanded above"),
         }
     }

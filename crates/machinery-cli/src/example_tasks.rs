@@ -39,6 +39,12 @@ pub async fn split(s: String) -> Result<Vec<String>, TaskError> {
     Ok(s.chars().map(String::from).collect())
 }
 
+/// The length in bytes of a string (`machinery bench rss` sends a 10 MB one: a big argument
+/// and a small result).
+pub async fn length(s: String) -> Result<i64, TaskError> {
+    i64::try_from(s.len()).map_err(|_| TaskError::fatal("length: too long"))
+}
+
 /// Panics with "oops" (the worker turns it into a task failure).
 pub async fn panic_task() -> Result<String, TaskError> {
     panic!("oops")
@@ -77,6 +83,7 @@ pub fn register(server: &Server) -> Result<()> {
     server.register_task("sum_floats", sum_floats)?;
     server.register_task("concat", concat)?;
     server.register_task("split", split)?;
+    server.register_task("length", length)?;
     server.register_task("panic_task", panic_task)?;
     server.register_task("long_running_task", long_running_task)?;
     server.register_task("return_just_error", return_just_error)?;
