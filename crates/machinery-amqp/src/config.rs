@@ -340,6 +340,12 @@ pub(crate) fn parse_urls(urls: &str, separator: &str, heartbeat: u16) -> Result<
     Ok(out)
 }
 
+/// Largest frame asked of the server when the URL has no `frame_max` parameter (RabbitMQ's
+/// default is 128 KiB). lapin keeps a send and a receive ring of 32 frames per connection,
+/// written through: 8 MiB per connection at 128 KiB, 1 MiB at this size. A bigger message
+/// only takes more frames.
+pub(crate) const FRAME_MAX: u32 = 16 * 1024;
+
 fn parse_url(url: &str, heartbeat: u16) -> Result<BrokerUrl> {
     let redacted = redact_url(url);
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
@@ -361,6 +367,9 @@ fn parse_url(url: &str, heartbeat: u16) -> Result<BrokerUrl> {
     }
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(heartbeat);
+    }
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(FRAME_MAX);
     }
     debug_assert!(matches!(uri.scheme, AMQPScheme::AMQP | AMQPScheme::AMQPS));
     Ok(BrokerUrl { uri, redacted })
@@ -587,6 +596,13 @@ mod tests {
         let u = parse_urls("amqp://h/vh?heartbeat=3", "", 10).unwrap();
         assert_eq!(u[0].uri.vhost, "vh");
         assert_eq!(u[0].uri.query.heartbeat, Some(3));
+        assert_eq!(u[0].uri.query.frame_max, Some(FRAME_MAX));
+        let u = parse_urls("amqp://h/vh?frame_max=131072", "", 10).unwrap();
+        assert_eq!(
+            u[0].uri.query.frame_max,
+            Some(131_072),
+            "the URL's frame_max is kept"
+        );
         let u = parse_urls("amqp://u:p@[::1]:5000/", "", 10).unwrap();
         assert_eq!(u[0].uri.authority.host, "::1");
         assert_eq!(u[0].uri.authority.port, 5000);
