@@ -51,6 +51,9 @@ impl Runner {
                 Ok(settle) => settle,
                 Err(panic) => self.panicked(&sig, panic_message(panic.as_ref())).await,
             };
+            // Settling needs only the delivery: the decoded arguments (a second copy of a
+            // big message) go first.
+            drop(sig);
             settle.apply(delivery).await;
         }
         .instrument(span)

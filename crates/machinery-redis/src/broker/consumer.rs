@@ -142,6 +142,9 @@ struct Consumer {
     release_limit: Duration,
 }
 
+/// A message's bytes as taken: an ack removes exactly these from the processing list.
+type Raw = Arc<Vec<u8>>;
+
 /// What the consumer holds: the messages it handed out and that are not settled yet. After a
 /// lost reply the processing list may hold more (a take or a pop that ran on the server, a
 /// requeue that did not); the fetch loop then reconciles the list with this set and gives the
@@ -149,9 +152,9 @@ struct Consumer {
 #[derive(Default)]
 struct Held {
     next_id: u64,
-    out: HashMap<u64, Arc<[u8]>>,
+    out: HashMap<u64, Raw>,
     /// Acks that failed: removed from the processing list by the next reconciliation.
-    failed_acks: Vec<Arc<[u8]>>,
+    failed_acks: Vec<Raw>,
     /// The processing list may hold messages nobody will settle.
     reconcile: bool,
 }
@@ -167,7 +170,7 @@ struct AckQueue {
 }
 
 struct PendingAck {
-    raw: Arc<[u8]>,
+    raw: Raw,
     /// `true` once removed; `false` means "not done, do it yourself".
     done: oneshot::Sender<bool>,
 }
@@ -199,7 +202,7 @@ impl Consumer {
     }
 
     /// Record a message handed out; its id settles it.
-    fn hold(&self, raw: Arc<[u8]>) -> u64 {
+    fn hold(&self, raw: Raw) -> u64 {
         let mut held = self.held();
         held.next_id += 1;
         let id = held.next_id;
@@ -227,7 +230,7 @@ impl Consumer {
                 return Ok(());
             }
             h.reconcile = false;
-            let held: Vec<Arc<[u8]>> = h.out.values().cloned().collect();
+            let held: Vec<Raw> = h.out.values().cloned().collect();
             (held, std::mem::take(&mut h.failed_acks))
         };
         let mut call = scripts::RECONCILE.prepare_invoke();
@@ -235,7 +238,7 @@ impl Consumer {
             .key(&self.keys.queue)
             .arg(held.len());
         for raw in held.iter().chain(&failed) {
-            call.arg(&**raw);
+            call.arg(raw.as_slice());
         }
         match call.invoke_async::<(usize, usize)>(conn).await {
             Ok((returned, removed)) => {
@@ -485,7 +488,7 @@ impl Fetcher {
         let take = permits.len().min(self.take_hint);
         let mut pipe = redis::pipe();
         for ack in &acks {
-            pipe.lrem(&self.consumer.processing, 1, &*ack.raw);
+            pipe.lrem(&self.consumer.processing, 1, ack.raw.as_slice());
         }
         for _ in 0..take {
             pipe.cmd("LMOVE")
@@ -579,7 +582,8 @@ impl Fetcher {
     /// the processing list, given back when the consumer goes away).
     async fn deliver(&self, raw: Vec<u8>, permit: OwnedSemaphorePermit) -> bool {
         let payload = Payload::decode(&raw);
-        let raw: Arc<[u8]> = raw.into();
+        // Shared with the held set without a copy (a big message is not held twice).
+        let raw: Raw = Arc::new(raw);
         let id = self.consumer.hold(Arc::clone(&raw));
         let acker = RedisAcker {
             consumer: Arc::clone(&self.consumer),
@@ -609,7 +613,7 @@ impl Stream for ConsumerStream {
 /// Settles one delivery: its bytes are removed from the consumer's processing list.
 struct RedisAcker {
     consumer: Arc<Consumer>,
-    raw: Arc<[u8]>,
+    raw: Raw,
     /// Its entry in the consumer's held set.
     id: u64,
     /// An ack or nack was attempted.
@@ -630,7 +634,8 @@ impl RedisAcker {
     async fn ack_directly(&self) -> Result<()> {
         let c = &self.consumer;
         let removed = retry_once(&c.conn, |mut conn| async move {
-            conn.lrem::<_, _, i64>(&c.processing, 1, &*self.raw).await
+            conn.lrem::<_, _, i64>(&c.processing, 1, self.raw.as_slice())
+                .await
         })
         .await;
         match removed {
@@ -720,7 +725,7 @@ impl Acknowledger for RedisAcker {
     async fn nack(&self, nack: Nack) -> Result<()> {
         self.settled.store(true, Ordering::SeqCst);
         let c = &self.consumer;
-        let raw = &*self.raw;
+        let raw = self.raw.as_slice();
         if c.cluster {
             return self.nack_on_cluster(nack).await;
         }
@@ -768,7 +773,7 @@ impl RedisAcker {
     /// times).
     async fn nack_on_cluster(&self, nack: Nack) -> Result<()> {
         let c = &self.consumer;
-        let raw = &*self.raw;
+        let raw = self.raw.as_slice();
         let mut conn = c.conn.clone();
         let delayed = match &nack {
             Nack::Requeue { delay: Some(delay) } => c.delayed_member(raw).map(|m| (m, *delay)),
