@@ -441,7 +441,7 @@ async fn latency(config: &Config, args: &BenchArgs) -> Result<()> {
     let backend = p.sender.backend();
     let strategy = match (WaitStrategy::of(backend.as_ref()), backend.driver()) {
         (WaitStrategy::Push, "redis") => {
-            "push (SUBSCRIBE to machinery_state:<uuid>, PUBLISHed right after the final state is stored, in the same round trip), fallback re-reads 10 ms doubling to 50 ms"
+            "push (SUBSCRIBE to machinery_state:<uuid>, PUBLISHed with the final state's JSON right after it is stored, in the same round trip), fallback re-reads 10 ms doubling to 50 ms"
         }
         (WaitStrategy::Push, "amqp") => {
             "push (a private queue bound to the results exchange with the task UUID), fallback re-reads 10 ms doubling to 50 ms"

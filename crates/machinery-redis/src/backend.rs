@@ -101,12 +101,13 @@ impl RedisBackend {
         self.inner.conn.clone()
     }
 
-    /// A final state: `SET key body EX ttl` and, without a cluster, `PUBLISH` on the task's
-    /// channel right after it, pipelined in one round trip (plain commands: a script per task
-    /// cost Redis ~8 µs more than the two commands), once more after a dropped connection.
-    /// The `PUBLISH` follows the `SET` on the same connection, so a waiter woken by it reads
-    /// the new state; a push lost with the connection is covered by the waiters' re-reads.
-    async fn put_final(&self, key: &str, body: &[u8], state: State) -> redis::RedisResult<()> {
+    /// A final state: `SET key body EX ttl` and, without a cluster, `PUBLISH` of the same
+    /// body on the task's channel right after it, pipelined in one round trip (plain
+    /// commands: a script per task cost Redis ~8 µs more than the two), once more after a
+    /// dropped connection. A waiter takes the state from the message without reading it
+    /// back; the `PUBLISH` follows the `SET` on the same connection, so a waiter that reads
+    /// anyway finds it, and a push lost with the connection is covered by the re-reads.
+    async fn put_final(&self, key: &str, body: &[u8]) -> redis::RedisResult<()> {
         if self.inner.push.is_none() {
             return self.put(key, body).await;
         }
@@ -116,7 +117,7 @@ impl RedisBackend {
         retry_once(&self.inner.conn, |mut c| async move {
             let mut pipe = redis::pipe();
             pipe.set_ex(key, body, ttl)
-                .publish(channel, state.as_str())
+                .publish(channel, body)
                 .ignore_errors();
             // Only the SET's outcome counts: a refused PUBLISH (an ACL without channels) only
             // loses the push, and the waiters' re-reads find the state.
@@ -364,7 +365,7 @@ impl Backend for RedisBackend {
             self.remember(key, p.chosen_name(&name).to_vec(), created);
         }
         if state.state.is_completed() {
-            return self.put_final(key, &body, state.state).await.map_err(fail);
+            return self.put_final(key, &body).await.map_err(fail);
         }
         self.put(key, &body).await.map_err(fail)
     }

@@ -1,7 +1,8 @@
 //! Result waiting by push: the backend stores a final state (SUCCESS / FAILURE) and publishes
-//! on the task's channel right after it, pipelined in the same round trip; a waiter subscribes to that channel on one
-//! pub/sub connection that the backend shares between all its waiters, and reads the state
-//! when woken. Go workers publish nothing, so waiters also poll with a back-off (in core).
+//! the same JSON on the task's channel right after it, pipelined in the same round trip; a
+//! waiter subscribes to that channel on one pub/sub connection that the backend shares between
+//! all its waiters, and takes the state from the message (a message that is not a state, e.g.
+//! the state name an earlier version published, only wakes it to read the state). Go workers publish nothing, so waiters also poll with a back-off (in core).
 //!
 //! Single node only: on a cluster every `PUBLISH` travels to every node, so the cluster
 //! backend does not publish and its waiters poll.
@@ -11,12 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
-use machinery_core::{Pushed, StateWatch};
+use machinery_core::{Pushed, StateWatch, TaskState};
 use redis::Client;
 use redis::aio::PubSubSink;
 use tokio::sync::mpsc;
 
-/// The channel a final state of `task_uuid` is announced on (the message is the state name).
+/// The channel a final state of `task_uuid` is announced on (the message is the state's JSON,
+/// as stored).
 pub(crate) fn channel(task_uuid: &str) -> String {
     format!("machinery_state:{task_uuid}")
 }
@@ -127,8 +129,12 @@ impl StatePush {
                 let Some(shared) = weak.upgrade() else { return };
                 let waiters = lock(&shared.waiters);
                 if let Some(list) = waiters.get(msg.get_channel_name()) {
+                    let pushed = match TaskState::from_json(msg.get_payload_bytes()) {
+                        Ok(state) => Pushed::State(Box::new(state)),
+                        Err(_) => Pushed::Changed,
+                    };
                     for w in list {
-                        let _ = w.tx.send(Pushed::Changed);
+                        let _ = w.tx.send(pushed.clone());
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! Result waiting by push on a real Redis: a final state stored by this backend is announced on
-//! `machinery_state:<uuid>` in the same script call, a waiter subscribed there wakes at once,
-//! and a state stored without an announcement (a Go worker's plain `SET`) is still seen by the
+//! `machinery_state:<uuid>` in the same round trip (the message is the state itself), a waiter
+//! subscribed there wakes at once, and a state stored without an announcement (a Go worker's plain `SET`) is still seen by the
 //! waiter's fallback re-reads.
 
 mod common;
@@ -58,7 +58,12 @@ async fn a_final_state_is_announced_in_the_same_call() {
         .await
         .expect("no announcement")
         .expect("pubsub ended");
-    assert_eq!(msg.get_payload::<String>().unwrap(), "SUCCESS");
+    // The message is the stored state itself, so a waiter needs no read.
+    let pushed = TaskState::from_json(msg.get_payload_bytes()).expect("a state");
+    assert!(pushed.is_success());
+    let mut conn = common::raw(&url).await;
+    let raw: Vec<u8> = conn.get(&sig.uuid).await.unwrap();
+    assert_eq!(msg.get_payload_bytes(), &raw[..]);
     let more = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
     assert!(more.is_err(), "announced more than once: {more:?}");
     // The stored bytes are a normal state (Go reads them with GET).
@@ -66,7 +71,7 @@ async fn a_final_state_is_announced_in_the_same_call() {
     assert!(stored.is_success());
 
     // A state whose origin is unknown here (another process wrote RECEIVED) goes through
-    // the merging script: announced too.
+    // Go's merge (GET, then SET): announced too.
     let other = connect(&url).await;
     let sig2 = Signature::new("add");
     let channel2 = format!("machinery_state:{}", sig2.uuid);
@@ -86,7 +91,11 @@ async fn a_final_state_is_announced_in_the_same_call() {
         .expect("no announcement from the merging script")
         .expect("pubsub ended");
     assert_eq!(msg.get_channel_name(), channel2);
-    assert_eq!(msg.get_payload::<String>().unwrap(), "FAILURE");
+    let pushed = TaskState::from_json(msg.get_payload_bytes()).expect("a state");
+    assert_eq!(
+        (pushed.state, pushed.error.as_str()),
+        (machinery_core::State::Failure, "boom")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +120,23 @@ async fn a_watch_is_woken_by_another_processs_final_state() {
     let pushed = tokio::time::timeout(WAIT, watch.next())
         .await
         .expect("the watch was not woken");
+    // The push carries the state: the watcher needs no read.
+    match pushed {
+        Some(Pushed::State(state)) => {
+            assert!(state.is_success());
+            assert_eq!(state.task_uuid, sig.uuid);
+        }
+        other => panic!("expected the pushed state, got {other:?}"),
+    }
+    // A message that is not a state (what an earlier version published) still wakes it.
+    let mut raw = common::raw(&url).await;
+    let _: () = raw
+        .publish(format!("machinery_state:{}", sig.uuid), "SUCCESS")
+        .await
+        .unwrap();
+    let pushed = tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("the watch was not woken by a plain message");
     assert_eq!(pushed, Some(Pushed::Changed));
     // Dropping the watch unsubscribes.
     drop(watch);
