@@ -95,7 +95,7 @@ pub async fn redis_conn(url: &str, var: &str) -> MultiplexedConnection {
 
 /// Send `add(i, 1)` for `i` in `from..from + n` to `queue`, 64 at a time; their UUIDs.
 pub async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> Vec<String> {
-    futures::stream::iter(from..from + n)
+    let send = futures::stream::iter(from..from + n)
         .map(|i| {
             let sig = Signature::new("add")
                 .routing_key(queue)
@@ -104,8 +104,16 @@ pub async fn send_adds(server: &Server, queue: &str, from: usize, n: usize) -> V
             async move { server.send_task(sig).await.expect("send").uuid().to_owned() }
         })
         .buffer_unordered(64)
-        .collect()
-        .await
+        .collect();
+    // A broker that stops confirming publishes (RabbitMQ under a memory or disk alarm blocks
+    // publishers without an error) fails the test with the reason instead of hanging it.
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+    tokio::time::timeout(LIMIT, send).await.unwrap_or_else(|_| {
+        panic!(
+            "sending {n} tasks to {queue} took more than {LIMIT:?}: the broker stopped \
+             confirming publishes (RabbitMQ: see the alarms in `rabbitmqctl status`)"
+        )
+    })
 }
 
 /// How many of `uuids` have a SUCCESS state stored.
