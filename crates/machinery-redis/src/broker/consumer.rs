@@ -497,11 +497,9 @@ impl Fetcher {
                 .arg("LEFT")
                 .arg("RIGHT");
         }
-        let reply: RedisResult<Vec<redis::Value>> = if acks.is_empty() && take == 0 {
-            Ok(Vec::new())
-        } else {
-            pipe.query_async(conn).await
-        };
+        // Never empty: with no permit there is an ack (checked above), and with one `take` is
+        // at least 1.
+        let reply: RedisResult<Vec<redis::Value>> = pipe.query_async(conn).await;
         let (missing, taken) = match reply.and_then(|r| take_reply(r, acks.len())) {
             Ok(r) => r,
             Err(e) => {
