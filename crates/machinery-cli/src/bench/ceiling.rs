@@ -265,6 +265,16 @@ struct Worked {
     last_success: Mutex<Option<Instant>>,
 }
 
+impl Worked {
+    /// From `start` to the last SUCCESS written (to now if none was).
+    fn elapsed_since(&self, start: Instant) -> Duration {
+        self.last_success
+            .lock()
+            .expect("last success")
+            .map_or_else(|| start.elapsed(), |t| t - start)
+    }
+}
+
 /// `callers` callers on clones of `con` run tasks until `n` reached SUCCESS.
 async fn work(
     con: &MultiplexedConnection,
@@ -385,11 +395,7 @@ pub(super) async fn ceiling(config: &Config, args: &BenchArgs) -> Result<()> {
     let sent = sent?;
     worked_res?;
     let cost = probe.finish().await;
-    let total = worked
-        .last_success
-        .lock()
-        .expect("last success")
-        .map_or_else(|| start.elapsed(), |t| t - start);
+    let total = worked.elapsed_since(start);
     run.verify_and_clean(&mut admin, n).await?;
     println!(
         "ceiling e2e: {n} tasks sent and completed by Go Machinery's Redis protocol with no engine (SET PENDING, RPUSH; LMOVE, SET RECEIVED, STARTED, SUCCESS, LREM) in {:.3} s = {:.0} tasks/s (sending alone took {:.3} s = {:.0} tasks/s; {} empty LMOVEs; {sizes})",
@@ -411,11 +417,7 @@ pub(super) async fn ceiling(config: &Config, args: &BenchArgs) -> Result<()> {
     work(&worker, &run, n, args.concurrency, &worked, &ticker).await?;
     let cost = probe.finish().await;
     drop(ticker);
-    let total = worked
-        .last_success
-        .lock()
-        .expect("last success")
-        .map_or_else(|| start.elapsed(), |t| t - start);
+    let total = worked.elapsed_since(start);
     run.verify_and_clean(&mut admin, n).await?;
     println!(
         "ceiling drain: {n} queued tasks processed by Go Machinery's Redis protocol with no engine (LMOVE, SET RECEIVED, STARTED, SUCCESS, LREM) in {:.3} s = {:.0} tasks/s ({} empty LMOVEs)",
